@@ -1,0 +1,24 @@
+"""Plan layer: pure functions deciding which samples each (rank, worker) reads, and when."""
+
+from fastgen_dm.plan.partition import (
+    TAIL_POLICIES,
+    SamplePlan,
+    TailPolicy,
+    epoch_order,
+    rank_batches,
+    schedule,
+    worker_batch_ids,
+)
+from fastgen_dm.plan.progress import Cursor, EpochPlan
+
+__all__ = [
+    "TAIL_POLICIES",
+    "Cursor",
+    "EpochPlan",
+    "SamplePlan",
+    "TailPolicy",
+    "epoch_order",
+    "rank_batches",
+    "schedule",
+    "worker_batch_ids",
+]

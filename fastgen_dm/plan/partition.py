@@ -1,0 +1,174 @@
+"""Which samples each (rank, worker) reads in one epoch: pure arithmetic on integers.
+
+The global order of an epoch is a permutation of ``range(num_samples)`` seeded by
+``(seed, epoch)``. It is consumed in *global steps*: step ``k`` takes the next
+``world_size * batch_size`` samples of the order and rank ``r`` gets the ``r``-th slice of
+``batch_size``. Position is therefore one global integer (samples of the order consumed), and a
+run resumed on another number of ranks continues the same order from that integer.
+
+Example, 10 samples, 2 ranks, batch 2, no shuffle, policy "pad":
+
+    order      0 1 2 3 | 4 5 6 7 | 8 9
+    step 0     rank0 [0 1]  rank1 [2 3]
+    step 1     rank0 [4 5]  rank1 [6 7]
+    step 2     rank0 [8]    rank1 [9]        <- last step: smaller batches, same count per rank
+
+When the last step does not divide evenly among ranks, policy "pad" repeats samples from the
+start of the order (fewer than ``world_size`` of them) so that every rank still gets one batch;
+policy "drop" leaves the incomplete last step out of the epoch.
+
+Within a rank, batch ``j`` goes to DataLoader worker ``j % num_workers``, which is the order in
+which ``torch.utils.data.DataLoader`` collects batches from workers, so the rank sees its
+batches in plan order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+TailPolicy = Literal["pad", "drop"]
+TAIL_POLICIES: tuple[str, ...] = ("pad", "drop")
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The global sample order of one epoch, int64 of shape (num_samples,).
+
+    A local generator seeded by ``(seed, epoch)`` makes each epoch a new permutation and every
+    run identical, without touching any global random state.
+    """
+    if not shuffle:
+        return np.arange(num_samples, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch])
+    return rng.permutation(num_samples).astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """One epoch's schedule over a map of ``num_samples`` samples.
+
+    Args:
+        num_samples: Samples in the epoch's order (after any ``max_size`` or flip expansion).
+        batch_size: Samples per rank per step.
+        world_size: Number of ranks (data-parallel processes).
+        seed: Seed of the shuffle.
+        epoch: Epoch number; with ``shuffle`` each epoch is a new permutation.
+        shuffle: Permute the order; otherwise ``0, 1, 2, ...``.
+        start: Samples of this epoch's order already consumed, globally (the resume position).
+        tail: What to do with a last step that does not fill every rank (see module docs).
+    """
+
+    num_samples: int
+    batch_size: int
+    world_size: int = 1
+    seed: int = 0
+    epoch: int = 0
+    shuffle: bool = True
+    start: int = 0
+    tail: TailPolicy = "pad"
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "batch_size", "world_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {self.epoch}")
+        if not 0 <= self.start <= self.num_samples:
+            raise ValueError(f"start must be in [0, {self.num_samples}], got {self.start}")
+        if self.tail not in TAIL_POLICIES:
+            raise ValueError(f"tail {self.tail!r} is unknown; use one of {TAIL_POLICIES}")
+
+    @property
+    def step_samples(self) -> int:
+        """Samples consumed by one full global step."""
+        return self.world_size * self.batch_size
+
+    @property
+    def remaining(self) -> int:
+        return self.num_samples - self.start
+
+    @property
+    def full_steps(self) -> int:
+        return self.remaining // self.step_samples
+
+    @property
+    def tail_samples(self) -> int:
+        """Samples of the order left after the full steps (0 <= tail < step_samples)."""
+        return self.remaining - self.full_steps * self.step_samples
+
+    @property
+    def tail_batch(self) -> int:
+        """Per-rank batch size of the last step, 0 when there is no such step."""
+        if self.tail == "drop":
+            return 0
+        return math.ceil(self.tail_samples / self.world_size)
+
+    @property
+    def num_steps(self) -> int:
+        """Global steps (= batches on every rank) from ``start`` to the end of the epoch."""
+        return self.full_steps + (1 if self.tail_batch else 0)
+
+    @property
+    def end(self) -> int:
+        """Position of the order once the epoch is complete."""
+        return self.num_samples if self.tail == "pad" else self.start + self.full_steps * self.step_samples
+
+    def position_after(self, steps: int) -> int:
+        """Global position after ``steps`` steps of this plan have been consumed."""
+        assert 0 <= steps <= self.num_steps, (steps, self.num_steps)
+        return min(self.start + steps * self.step_samples, self.end)
+
+    def resumed(self, start: int) -> "SamplePlan":
+        """The same epoch, resumed at global position ``start``."""
+        return SamplePlan(
+            self.num_samples, self.batch_size, self.world_size, self.seed, self.epoch, self.shuffle, start, self.tail
+        )
+
+
+def schedule(plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
+    """All global steps of ``plan`` as sample indices.
+
+    Returns:
+        ``(full, last)``: ``full`` int64 of shape (full_steps, world_size, batch_size) and
+        ``last`` int64 of shape (world_size, tail_batch), empty when there is no tail step.
+        Entries of ``last`` past the order's end wrap around to its start (policy "pad").
+    """
+    order = epoch_order(plan.num_samples, plan.seed, plan.epoch, plan.shuffle)[plan.start :]
+    n_full = plan.full_steps * plan.step_samples
+    # (full_steps * world * batch,) -> (full_steps, world, batch)
+    full = order[:n_full].reshape(plan.full_steps, plan.world_size, plan.batch_size)
+    tail = order[n_full:]
+    if plan.tail_batch == 0:
+        return full, np.empty((plan.world_size, 0), dtype=np.int64)
+    padded = plan.tail_batch * plan.world_size
+    if padded > tail.size:
+        whole = epoch_order(plan.num_samples, plan.seed, plan.epoch, plan.shuffle)
+        tail = np.concatenate([tail, np.resize(whole, padded - tail.size)])
+    # (world * tail_batch,) -> (world, tail_batch)
+    return full, tail.reshape(plan.world_size, plan.tail_batch)
+
+
+def rank_batches(plan: SamplePlan, rank: int) -> list[np.ndarray]:
+    """The batches rank ``rank`` yields, in order; every rank gets ``plan.num_steps`` of them."""
+    if not 0 <= rank < plan.world_size:
+        raise ValueError(f"rank must be in [0, {plan.world_size}), got {rank}")
+    full, last = schedule(plan)
+    batches = list(full[:, rank])
+    if last.shape[1]:
+        batches.append(last[rank])
+    return batches
+
+
+def worker_batch_ids(num_batches: int, num_workers: int, worker_id: int) -> range:
+    """Which of a rank's batches worker ``worker_id`` produces (0 workers = the main process).
+
+    DataLoader asks its workers for batches round-robin and yields them in request order, so
+    giving worker ``w`` the batches ``w, w + K, w + 2K, ...`` keeps the rank's plan order.
+    """
+    workers = max(num_workers, 1)
+    if not 0 <= worker_id < workers:
+        raise ValueError(f"worker_id must be in [0, {workers}), got {worker_id}")
+    return range(worker_id, num_batches, workers)

@@ -1,0 +1,60 @@
+"""The training stream's position: an epoch and the global samples consumed in it.
+
+This is the whole resumable state. It is global (the same on every rank, since ranks step in
+lockstep), so the checkpoint that rank 0 writes resumes any number of ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+
+class EpochPlan(Protocol):
+    """What the cursor needs from a plan (``SamplePlan`` and the shard plan provide it)."""
+
+    @property
+    def num_steps(self) -> int: ...
+
+    def position_after(self, steps: int) -> int: ...
+
+
+class Cursor:
+    """Counts consumed global steps and turns them into ``(epoch, position)``.
+
+    ``begin`` is called when an epoch's iteration starts, ``step`` each time the training loop
+    consumes a batch (not when a loader prefetches one), so a checkpoint taken between steps
+    names exactly the next sample.
+    """
+
+    def __init__(self, epoch: int = 0, position: int = 0) -> None:
+        self.epoch = epoch
+        self.position = position
+        self._plan: EpochPlan | None = None
+        self._steps = 0
+
+    def begin(self, make_plan: Callable[[int, int], EpochPlan]) -> EpochPlan:
+        """The plan for the iteration starting now, moving to the next epoch if this one is done."""
+        plan = make_plan(self.epoch, self.position)
+        if plan.num_steps == 0 and self.position > 0:
+            self.epoch, self.position = self.epoch + 1, 0
+            plan = make_plan(self.epoch, self.position)
+        self._plan, self._steps = plan, 0
+        return plan
+
+    def step(self) -> None:
+        """One global step of the current plan was consumed."""
+        if self._plan is None:
+            return  # batches pulled outside an iteration begun by this cursor: nothing to track
+        self._steps += 1
+        if self._steps >= self._plan.num_steps:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._plan = None
+        else:
+            self.position = self._plan.position_after(self._steps)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._plan, self._steps = None, 0
