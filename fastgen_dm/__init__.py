@@ -1,0 +1,22 @@
+"""fastgen-dm: Lightning DataModules for training fast generative models."""
+
+from fastgen_dm.datamodules import (
+    CIFAR10DataModule,
+    DemoDataModule,
+    ImageFolderDataModule,
+    ImageNet64DataModule,
+    ImageNet64EDMv2DataModule,
+    ImageNet256DataModule,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CIFAR10DataModule",
+    "DemoDataModule",
+    "ImageFolderDataModule",
+    "ImageNet256DataModule",
+    "ImageNet64DataModule",
+    "ImageNet64EDMv2DataModule",
+    "__version__",
+]

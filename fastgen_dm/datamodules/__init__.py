@@ -1,0 +1,19 @@
+"""DataModule layer: one LightningDataModule per family."""
+
+from fastgen_dm.datamodules.base import PlannedDataLoader, PlannedDataModule, PlannedStream
+from fastgen_dm.datamodules.cifar10 import CIFAR10DataModule
+from fastgen_dm.datamodules.demo import DemoDataModule
+from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
+from fastgen_dm.datamodules.imagenet import ImageNet64DataModule, ImageNet64EDMv2DataModule, ImageNet256DataModule
+
+__all__ = [
+    "CIFAR10DataModule",
+    "DemoDataModule",
+    "ImageFolderDataModule",
+    "ImageNet256DataModule",
+    "ImageNet64DataModule",
+    "ImageNet64EDMv2DataModule",
+    "PlannedDataLoader",
+    "PlannedDataModule",
+    "PlannedStream",
+]

@@ -1,0 +1,171 @@
+"""Lightning glue shared by every family: placement, the position cursor, loaders, state.
+
+A family provides a :class:`PlannedStream` (an ``IterableDataset`` that yields whole batches of
+its rank's plan, split among DataLoader workers). This module turns it into a DataLoader whose
+every iteration starts where the cursor stands, counts the steps the training loop consumes,
+and stores the cursor in the DataModule's ``state_dict`` (which Lightning puts in checkpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterator
+
+import lightning
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fastgen_dm.plan import Cursor, EpochPlan
+from fastgen_dm.transform import scale_to_unit
+
+logger = logging.getLogger(__name__)
+
+
+class PlannedStream(IterableDataset):
+    """Yields the batches of one rank's plan; each DataLoader worker yields its share.
+
+    Subclasses implement :meth:`plan_for` and :meth:`iter_batches`. The placement (rank, world
+    size) and position (epoch, start) are set in the main process before each iteration and
+    reach workers when they are started, since workers are not persistent.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    start: int = 0
+
+    def place(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def plan_for(self, epoch: int, start: int) -> EpochPlan:
+        raise NotImplementedError
+
+    def iter_batches(self, plan: Any, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 0)
+        return self.iter_batches(self.plan_for(self.epoch, self.start), worker_id, num_workers)
+
+
+class PlannedDataLoader(DataLoader):
+    """A DataLoader over a :class:`PlannedStream` whose iterations begin at ``cursor``.
+
+    Without a cursor (validation) every iteration replays the stream's own position.
+
+    It has no ``__len__``: after a resume on another number of GPUs the rank's remaining batches
+    differ from a full epoch's, and a wrong length would end Lightning's epoch early. Its
+    ``state_dict`` is the cursor's (the same object the DataModule saves), which tells
+    Lightning the loader resumes mid-epoch.
+    """
+
+    def __init__(self, stream: PlannedStream, cursor: Cursor | None = None, **kwargs: Any) -> None:
+        super().__init__(stream, batch_size=None, **kwargs)
+        self.cursor = cursor
+
+    def __iter__(self):  # type: ignore[override]
+        if self.cursor is not None:
+            self.cursor.begin(self.dataset.plan_for)
+            self.dataset.set_position(self.cursor.epoch, self.cursor.position)
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        return {} if self.cursor is None else self.cursor.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if self.cursor is not None and state_dict:
+            self.cursor.load_state_dict(state_dict)
+
+
+def default_num_workers() -> int:
+    """Every core this process may use, capped at 8 (decoding rarely scales further per GPU)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+class PlannedDataModule(lightning.LightningDataModule):
+    """Base of every fastgen-dm DataModule (not used directly).
+
+    Args:
+        batch_size: Samples per rank per step.
+        seed: Seed of the shuffle; the order depends on ``(seed, epoch)`` only.
+        shuffle: Shuffle the training order each epoch.
+        num_workers: DataLoader worker processes per rank; None uses every core, up to 8.
+        pin_memory: Pin host batches for faster, asynchronous copies to the GPU.
+        normalize_on_device: Deliver pixels as uint8 and scale them to [-1, 1] after the
+            transfer to the device (4x less host-to-device traffic, same values). Outside a
+            Trainer, call :meth:`on_after_batch_transfer` yourself to get the scaled batch.
+    """
+
+    #: Batch keys that hold uint8 pixels to scale when ``normalize_on_device``.
+    device_scaled_keys: tuple[str, ...] = ("real",)
+
+    def __init__(
+        self,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
+        normalize_on_device: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 or None (every core), got {num_workers}")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.pin_memory = pin_memory
+        self.normalize_on_device = normalize_on_device
+        self.cursor: Cursor | None = None
+
+    # -- placement -------------------------------------------------------------------------
+    def placement(self) -> tuple[int, int]:
+        """(rank, world size) of this process: from the Trainer, else a single process."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def make_loader(self, stream: PlannedStream, cursor: Cursor | None) -> PlannedDataLoader:
+        stream.place(*self.placement())
+        return PlannedDataLoader(
+            stream,
+            cursor,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
+
+    # -- position --------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self.cursor is not None:
+            self.cursor.step()  # the training loop consumes this batch now (prefetches are not counted)
+        if self.normalize_on_device:
+            for key in self.device_scaled_keys:
+                if key in batch and batch[key].dtype == torch.uint8:
+                    batch[key] = scale_to_unit(batch[key])
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.cursor is None else {**self.cursor.state_dict(), "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if state_dict.get("seed", self.seed) != self.seed:
+            logger.warning(
+                "resuming with seed=%s but the checkpoint's data order used seed=%s; the stream will differ",
+                self.seed,
+                state_dict["seed"],
+            )
+        if self.cursor is None:
+            self.cursor = Cursor()
+        self.cursor.load_state_dict(state_dict)  # in place: a loader made earlier shares this cursor

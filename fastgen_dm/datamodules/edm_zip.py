@@ -1,0 +1,317 @@
+"""EDM-format datasets (zip or folder of PNGs or ``.npy`` latents): ``ImageFolderDataModule``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from fastgen_dm.batch import zip_batch
+from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream
+from fastgen_dm.datamodules.edm_cache import build_cache, cache_path, open_cache
+from fastgen_dm.decode import decode_image, decoder_for
+from fastgen_dm.index import EDMIndex, scan_edm
+from fastgen_dm.plan import Cursor, SamplePlan, TailPolicy, rank_batches, worker_batch_ids
+from fastgen_dm.read import BadDataPolicy, EDMReader
+from fastgen_dm.storage import exists, fetch_once, is_local
+from fastgen_dm.transform import hwc_to_chw, scale_to_unit
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_ROOT = "FASTGEN_OUTPUT/DATA"
+
+
+def data_root() -> str:
+    """``$DATA_ROOT_DIR``, else ``FASTGEN_OUTPUT/DATA`` (FastGen's default), read when called."""
+    return os.environ.get("DATA_ROOT_DIR", DEFAULT_DATA_ROOT)
+
+
+def decode_item(member: str, data: bytes) -> np.ndarray:
+    """An EDM item as an array of shape (C, H, W): uint8 pixels, or an ``.npy`` array as stored."""
+    if member.lower().endswith(".npy"):
+        array = decoder_for("npy")(data)
+        if array.ndim != 3:
+            raise ValueError(f"array has shape {array.shape}; expected (C, H, W)")
+        return array
+    return hwc_to_chw(decode_image(data))
+
+
+class EDMStream(PlannedStream):
+    """Batches of an EDM dataset, following the sample plan.
+
+    Item ``i`` of the plan is raw item ``raw_idx[i]``, mirrored when ``flip[i]`` (``xflip``
+    doubles the dataset as EDM does).
+    """
+
+    def __init__(
+        self,
+        index: EDMIndex,
+        item_shape: tuple[int, ...],
+        item_dtype: np.dtype,
+        raw_idx: np.ndarray,
+        flip: np.ndarray,
+        use_labels: bool,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        tail: TailPolicy,
+        scale_on_cpu: bool,
+        cache_file: str | None,
+        max_skip_fraction: float,
+        storage_options: Mapping[str, Any] | None,
+    ) -> None:
+        self.index = index
+        self.item_shape = item_shape
+        self.item_dtype = item_dtype
+        self.raw_idx = raw_idx
+        self.flip = flip
+        self.labels = index.labels if use_labels else None
+        self.num_classes = index.num_classes if use_labels else 0
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.tail = tail
+        self.scale_on_cpu = scale_on_cpu
+        self.cache_file = cache_file
+        self.max_skip_fraction = max_skip_fraction
+        self.reader = EDMReader(index.source, index.is_zip, storage_options)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.raw_idx)
+
+    def plan_for(self, epoch: int, start: int) -> SamplePlan:
+        return SamplePlan(len(self.raw_idx), self.batch_size, self.world_size, self.seed, epoch, self.shuffle, start, self.tail)
+
+    def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        batches = rank_batches(plan, self.rank)
+        policy = BadDataPolicy(self.max_skip_fraction)
+        store = open_cache(self.cache_file) if self.cache_file else None
+        for j in worker_batch_ids(len(batches), num_workers, worker_id):
+            batch = self._load(batches[j], store, policy)
+            if batch is not None:
+                yield batch
+        self.reader.close()
+
+    def _load(self, items: np.ndarray, store: np.ndarray | None, policy: BadDataPolicy) -> dict[str, Any] | None:
+        raw = self.raw_idx[items]
+        if store is not None:
+            arrays = store[np.sort(raw)][np.argsort(np.argsort(raw))]  # sorted reads are sequential in the file
+            kept = np.ones(len(raw), dtype=bool)
+        else:
+            arrays = np.empty((len(raw), *self.item_shape), dtype=self.item_dtype)
+            kept = np.zeros(len(raw), dtype=bool)
+            for k, i in enumerate(raw):
+                kept[k] = self._read_item(int(i), arrays[k], policy)
+            arrays = arrays[kept]
+        if not kept.any():
+            return None
+        flips = self.flip[items][kept]
+        arrays[flips] = arrays[flips][..., ::-1]
+        raw = raw[kept]
+        batch = zip_batch(arrays, None if self.labels is None else self.labels[raw], self.num_classes, raw)
+        if self.scale_on_cpu and batch["real"].dtype == torch.uint8:
+            batch["real"] = scale_to_unit(batch["real"])
+        return batch
+
+    def _read_item(self, i: int, out: np.ndarray, policy: BadDataPolicy) -> bool:
+        member = self.index.members[i]
+        try:
+            array = decode_item(member, self.reader.read(member))
+            if array.shape != out.shape or array.dtype != out.dtype:
+                raise ValueError(f"item is {array.dtype}{list(array.shape)}; the dataset is {out.dtype}{list(out.shape)}")
+        except Exception as err:  # any decode failure is bad data, handled by the policy
+            policy.skip(self.index.source, member, err)
+            return False
+        out[...] = array
+        policy.ok()
+        return True
+
+
+class ImageFolderDataModule(PlannedDataModule):
+    """Any EDM-format dataset: a zip (or folder) of PNG images or ``.npy`` latents with labels.
+
+    Batches: ``real`` float32 [B, C, H, W] (pixels scaled to [-1, 1]; latents as stored),
+    ``condition`` float32 one-hot [B, num_classes] (zeros [B, 0] without labels),
+    ``neg_condition`` zeros like ``condition``, ``idx`` int64 [B] (the item's index in the zip).
+
+    Every sample is delivered once per epoch across all ranks and workers; the position is kept
+    in ``state_dict`` and a resumed run, on any number of GPUs, continues the same order.
+
+    Args:
+        dataset_path: Local path of the zip file or folder. Relative paths of the named families
+            resolve against ``$DATA_ROOT_DIR`` (default ``FASTGEN_OUTPUT/DATA``).
+        s3_path: Any fsspec URL (``s3://...``) copied once per node to ``dataset_path`` in
+            ``prepare_data`` when that file is missing.
+        batch_size: Samples per GPU per step.
+        use_labels: Deliver one-hot class labels as ``condition``; False gives zeros [B, 0].
+        cache: Decode every item once, in ``prepare_data`` and with every core, into one uint8
+            (or float) memory-mapped ``.npy`` store next to the zip that all workers, ranks and later
+            runs share; batches are then slices of it.
+        shuffle: Shuffle each epoch by ``(seed, epoch)``.
+        sampler_start_idx: Global sample count to start from when no checkpoint is restored
+            (epoch ``idx // len``, position ``idx % len``), as FastGen's sampler defines it.
+        xflip: Add a horizontally mirrored copy of every item (doubles the epoch, as EDM does).
+        max_size: Use at most this many items: a seeded random subset, as EDM chooses it; None uses all.
+        resolution: Expected image side in pixels; a dataset of another size is an error. None
+            accepts what the dataset holds.
+        seed: Seed of the shuffle and of the ``max_size`` subset.
+        num_workers: DataLoader workers per GPU; None uses every core (up to 8), or none with
+            ``cache`` (slicing the store in the main process beats shipping batches from workers).
+        pin_memory: Pin batches for the copy to the GPU.
+        normalize_on_device: Deliver uint8 pixels and scale them on the GPU after the transfer.
+        tail: The epoch's last step when it does not fill every GPU: "pad" repeats a few samples
+            from the start of the epoch (fewer than the number of GPUs) so every GPU gets a
+            smaller last batch; "drop" leaves that step out.
+        max_skip_fraction: Share of undecodable items tolerated (skipped, counted and logged)
+            before training stops with an error; 0 stops at the first.
+        cache_dir: Folder for the ``cache`` store; None puts it next to ``dataset_path``.
+        storage_options: fsspec options (endpoint, credentials) for ``s3_path`` and remote paths.
+    """
+
+    #: Where the named families' data lives under ``$DATA_ROOT_DIR``; None: ``dataset_path`` is required.
+    default_dataset: str | None = None
+
+    def __init__(
+        self,
+        dataset_path: str | None = None,
+        s3_path: str | None = None,
+        batch_size: int = 64,
+        use_labels: bool = True,
+        cache: bool = False,
+        shuffle: bool = True,
+        sampler_start_idx: int = 0,
+        xflip: bool = False,
+        max_size: int | None = None,
+        resolution: int | None = None,
+        seed: int = 0,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
+        normalize_on_device: bool = False,
+        tail: TailPolicy = "pad",
+        max_skip_fraction: float = 0.0,
+        cache_dir: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if cache and num_workers is None:
+            num_workers = 0  # a batch is one gather from the shared store: cheaper than a worker's IPC
+        super().__init__(batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device)
+        self.save_hyperparameters()
+        self.dataset_path = self._resolve_dataset_path(dataset_path)
+        self.s3_path = s3_path
+        self.use_labels = use_labels
+        self.cache = cache
+        self.sampler_start_idx = sampler_start_idx
+        self.xflip = xflip
+        self.max_size = max_size
+        self.resolution = resolution
+        self.tail = tail
+        self.max_skip_fraction = max_skip_fraction
+        self.cache_dir = cache_dir
+        self.storage_options = storage_options
+        self._validate()
+        self.stream: EDMStream | None = None
+
+    def _resolve_dataset_path(self, dataset_path: str | None) -> str:
+        if dataset_path is not None:
+            return dataset_path
+        if self.default_dataset is None:
+            raise ValueError(f"{type(self).__name__} needs dataset_path: the EDM zip file or folder to read")
+        return str(Path(data_root()) / self.default_dataset)
+
+    def _validate(self) -> None:
+        if self.sampler_start_idx < 0:
+            raise ValueError(f"sampler_start_idx must be >= 0, got {self.sampler_start_idx}")
+        if self.max_size is not None and self.max_size < 1:
+            raise ValueError(f"max_size must be >= 1 or None (all items), got {self.max_size}")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"resolution must be >= 1 or None, got {self.resolution}")
+        if self.tail not in ("pad", "drop"):
+            raise ValueError(f"tail {self.tail!r} is unknown; use 'pad' or 'drop'")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+        if self.cache and self.cache_dir is None and not is_local(self.dataset_path):
+            raise ValueError(f"cache=True with the remote dataset_path {self.dataset_path!r} needs a local cache_dir")
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Once per node: fetch ``s3_path`` when the file is missing, then build the cache if asked."""
+        if not exists(self.dataset_path, self.storage_options):
+            if self.s3_path is None:
+                raise FileNotFoundError(self._missing_message())
+            fetch_once(self.s3_path, self.dataset_path, self.storage_options)
+        if self.cache:
+            index, shape, dtype = self._scan()
+            build_cache(self._cache_file(index), index, shape, dtype, self.storage_options, self.num_workers)
+
+    def _missing_message(self) -> str:
+        return f"dataset_path {self.dataset_path!r} does not exist; pass s3_path to fetch it, or create it with `fastgen prepare`"
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.stream is not None:
+            return
+        if not exists(self.dataset_path, self.storage_options):
+            raise FileNotFoundError(self._missing_message())
+        index, shape, dtype = self._scan()
+        raw_idx = self._subset(len(index))
+        flip = np.zeros(len(raw_idx), dtype=bool)
+        if self.xflip:
+            raw_idx, flip = np.tile(raw_idx, 2), np.concatenate([flip, ~flip])
+        cache_file = None
+        if self.cache:
+            cache_file = self._cache_file(index)
+            if not Path(cache_file).exists():
+                if self.trainer is not None and self.trainer.world_size > 1:
+                    raise RuntimeError(f"cache {cache_file} is missing: prepare_data() builds it; was it skipped?")
+                build_cache(cache_file, index, shape, dtype, self.storage_options, self.num_workers)
+        self.stream = EDMStream(
+            index, shape, dtype, raw_idx, flip, self.use_labels, self.batch_size, self.seed, self.shuffle,
+            self.tail, scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
+            max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options,
+        )  # fmt: skip
+        if self.cursor is None:
+            n = len(raw_idx)
+            self.cursor = Cursor(self.sampler_start_idx // n, self.sampler_start_idx % n)
+        self._check_fits_world()
+
+    def _check_fits_world(self) -> None:
+        assert self.stream is not None
+        rank, world = self.placement()
+        plan = SamplePlan(self.stream.num_samples, self.batch_size, world, tail=self.tail)
+        if plan.num_steps == 0:
+            raise ValueError(
+                f"{self.dataset_path} has {self.stream.num_samples} samples, fewer than one step of "
+                f"batch_size={self.batch_size} x {world} GPUs with tail='drop'; use tail='pad' or a smaller batch_size"
+            )
+
+    def _scan(self) -> tuple[EDMIndex, tuple[int, ...], np.dtype]:
+        index = scan_edm(self.dataset_path, self.storage_options)
+        first = decode_item(index.members[0], EDMReader(index.source, index.is_zip, self.storage_options).read(index.members[0]))
+        if self.resolution is not None and first.shape[-2:] != (self.resolution, self.resolution):
+            raise ValueError(
+                f"{self.dataset_path} holds {first.shape[-1]}x{first.shape[-2]} items but resolution={self.resolution}; "
+                "pass the dataset's resolution or resolution=None"
+            )
+        return index, first.shape, first.dtype
+
+    def _subset(self, n: int) -> np.ndarray:
+        raw_idx = np.arange(n, dtype=np.int64)
+        if self.max_size is not None and n > self.max_size:
+            # EDM's choice of subset: shuffle with RandomState(seed), keep the first max_size, sorted.
+            np.random.RandomState(self.seed % (1 << 31)).shuffle(raw_idx)
+            raw_idx = np.sort(raw_idx[: self.max_size])
+        return raw_idx
+
+    def _cache_file(self, index: EDMIndex) -> str:
+        folder = self.cache_dir or str(Path(self.dataset_path).parent)
+        return cache_path(folder, Path(self.dataset_path).name, index.fingerprint)
+
+    def train_dataloader(self):
+        if self.stream is None:
+            self.setup("fit")
+        assert self.stream is not None
+        return self.make_loader(self.stream, self.cursor)

@@ -1,0 +1,128 @@
+"""Index of an EDM-format dataset: a zip (or folder) of images or ``.npy`` arrays plus labels.
+
+Layout written by EDM's ``dataset_tool.py``: ``00000/img00000000.png``, ... and a
+``dataset.json`` holding ``{"labels": [["00000/img00000000.png", 6], ...]}`` or
+``{"labels": null}``. Items are the data members sorted by name; item ``i`` is the ``i``-th.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import PIL.Image
+
+from fastgen_dm.storage import open_url, resolve_fs
+
+LABELS_MEMBER = "dataset.json"
+
+
+def data_extensions() -> frozenset[str]:
+    """Extensions of data members: every image format Pillow knows, plus ``.npy`` arrays."""
+    PIL.Image.init()
+    return frozenset(ext.lower() for ext in PIL.Image.registered_extensions()) | {".npy"}
+
+
+@dataclass(frozen=True)
+class EDMIndex:
+    """The items of an EDM dataset.
+
+    Args:
+        source: Path or URL of the zip file or folder.
+        is_zip: Whether ``source`` is a zip file (else a folder).
+        members: Data member names, sorted; item ``i`` is ``members[i]``.
+        labels: int64 of shape (len(members),), or None when the dataset has no labels.
+        fingerprint: Changes whenever the source file changes (size and modification time).
+    """
+
+    source: str
+    is_zip: bool
+    members: tuple[str, ...]
+    labels: np.ndarray | None = field(repr=False)
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def num_classes(self) -> int:
+        """Label dimension as EDM defines it: ``max(label) + 1``, 0 without labels."""
+        return 0 if self.labels is None else int(self.labels.max()) + 1
+
+
+def _check_member_name(source: str, name: str) -> None:
+    normalized = posixpath.normpath(name.replace("\\", "/"))
+    if name.startswith(("/", "\\")) or normalized == ".." or normalized.startswith("../") or ":" in name.split("/")[0]:
+        raise ValueError(f"{source}: member {name!r} escapes the dataset folder; refusing to read this dataset")
+
+
+def _list_zip(source: str, storage_options: Mapping[str, Any] | None) -> tuple[list[str], bytes | None]:
+    try:
+        with open_url(source, "rb", storage_options) as f, zipfile.ZipFile(f) as zf:
+            names = [info.filename for info in zf.infolist() if not info.is_dir()]
+            for name in names:
+                _check_member_name(source, name)
+            labels_json = zf.read(LABELS_MEMBER) if LABELS_MEMBER in names else None
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{source} is not a zip file ({err}); expected an EDM dataset zip") from err
+    return names, labels_json
+
+
+def _list_folder(source: str, storage_options: Mapping[str, Any] | None) -> tuple[list[str], bytes | None]:
+    fs, root = resolve_fs(source, storage_options)
+    root = root.rstrip("/")
+    names = [posixpath.relpath(p, root) for p in fs.find(root)]
+    labels_json = fs.cat_file(f"{root}/{LABELS_MEMBER}") if LABELS_MEMBER in names else None
+    return names, labels_json
+
+
+def _parse_labels(source: str, members: list[str], labels_json: bytes | None) -> np.ndarray | None:
+    if labels_json is None:
+        return None
+    try:
+        table = json.loads(labels_json)["labels"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{source}: {LABELS_MEMBER} is not EDM labels JSON ({err!r})") from err
+    if table is None:
+        return None
+    by_name = {str(name).replace("\\", "/"): label for name, label in table}
+    missing = [m for m in members if m not in by_name]
+    if missing:
+        raise ValueError(
+            f"{source}: {LABELS_MEMBER} has no label for {len(missing)} of {len(members)} items, "
+            f"e.g. {missing[:3]}; fix the labels or pass use_labels=False"
+        )
+    labels = np.asarray([by_name[m] for m in members])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+        raise ValueError(f"{source}: labels must be non-negative integers, one per item")
+    return labels.astype(np.int64)
+
+
+def scan_edm(source: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> EDMIndex:
+    """Read the member list and labels of an EDM zip or folder (no data member is read).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: Not a zip, no data members, unsafe member names, or incomplete labels.
+    """
+    source = os.fspath(source)
+    fs, path = resolve_fs(source, storage_options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"dataset {source!r} does not exist")
+    info = fs.info(path)
+    is_zip = info["type"] != "directory"
+    names, labels_json = (_list_zip if is_zip else _list_folder)(source, storage_options)
+    extensions = data_extensions()
+    members = sorted(n for n in names if posixpath.splitext(n)[1].lower() in extensions)
+    if not members:
+        raise ValueError(
+            f"{source} holds no images or .npy arrays ({len(names)} other members); "
+            "expected an EDM dataset (see `fastgen prepare --help`)"
+        )
+    fingerprint = f"{info.get('size', 0)}-{info.get('mtime', info.get('LastModified', ''))}-{len(members)}"
+    return EDMIndex(source, is_zip, tuple(members), _parse_labels(source, members, labels_json), fingerprint)

@@ -1,0 +1,60 @@
+"""The bad-data policy: skip a corrupt sample, count it, log it once, stop when there are too many.
+
+One object per reader (process). It never sleeps and never swallows silently: each skipped
+sample is logged once with its source and key, kept for an ignore index, and the skipped
+fraction is checked against a ceiling.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+
+class TooManyBadSamplesError(RuntimeError):
+    """The skipped fraction passed ``max_skip_fraction``."""
+
+
+@dataclass
+class BadDataPolicy:
+    """Counts bad samples and enforces a ceiling on their share.
+
+    Args:
+        max_skip_fraction: Largest tolerated share of skipped samples. The check starts counting
+            from ``grace_samples`` so a bad first sample does not trip it: skipping raises once
+            ``skipped > max_skip_fraction * max(seen, grace_samples)``. 0 makes any bad sample an error.
+        grace_samples: Samples the ceiling assumes were seen before it is checked.
+    """
+
+    max_skip_fraction: float = 0.0
+    grace_samples: int = 1000
+    seen: int = 0
+    skipped: int = 0
+    causes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    skipped_keys: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+
+    def ok(self) -> None:
+        """One sample was read and decoded."""
+        self.seen += 1
+
+    def skip(self, source: str, key: str, error: BaseException) -> None:
+        """One sample is bad: count it, log it once, and raise when the ceiling is passed."""
+        self.seen += 1
+        self.skipped += 1
+        cause = type(error).__name__
+        self.causes[cause] += 1
+        self.skipped_keys[source].append(key)
+        logger.warning("skipping bad sample %s in %s: %s: %s", key, source, cause, error)
+        if self.skipped > self.max_skip_fraction * max(self.seen, self.grace_samples):
+            raise TooManyBadSamplesError(
+                f"{self.skipped} of {self.seen} samples were bad (max_skip_fraction={self.max_skip_fraction}); "
+                f"last: {key} in {source}: {cause}: {error}. Fix or drop the data (`fastgen verify` lists it), "
+                "or raise max_skip_fraction"
+            ) from error
