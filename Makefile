@@ -1,0 +1,34 @@
+# Two entry points do all the set-up on a fresh machine:
+#   make quickstart   installs into .venv, writes the demo dataset, trains on it (offline)
+#   make test         installs into .venv, runs the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install quickstart test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v ffmpeg >/dev/null || { echo "installing ffmpeg (Debian packages, needs root)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# decord's wheel is tagged cp36 but is a ctypes library that runs on any Python 3; pip check
+	@# reports only that tag, so filter exactly that line and fail on anything else.
+	@$(BIN)/python -m pip check | grep -v -e '^decord 0.6.0 is not supported on this platform$$' -e '^No broken requirements found.$$' | grep . && exit 1 || true
+	touch $(STAMP)
+
+quickstart: install
+	$(BIN)/fastgen fit --config configs/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_zip.py
+
+clean:
+	rm -rf $(VENV) FASTGEN_OUTPUT lightning_logs .pytest_cache .hypothesis

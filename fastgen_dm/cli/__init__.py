@@ -1,0 +1,1 @@
+"""CLI layer: the ``fastgen`` command (LightningCLI subcommands plus the data tools)."""

@@ -1,0 +1,66 @@
+"""The ``fastgen`` command: LightningCLI's training subcommands plus the data tools, one help."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import sys
+from typing import Callable
+
+from fastgen_dm import __version__
+
+
+def _tools() -> dict[str, tuple[str, Callable[[list[str]], int]]]:
+    from fastgen_dm.cli import prepare
+
+    return {
+        "prepare": ("Write a dataset in the format a DataModule reads (demo, ...).", prepare.main),
+    }
+
+
+def _top_parser(tools: dict[str, tuple[str, Callable[[list[str]], int]]]) -> argparse.ArgumentParser:
+    from fastgen_dm.cli.train import LIGHTNING_SUBCOMMANDS
+
+    parser = argparse.ArgumentParser(
+        prog="fastgen",
+        description="Train fast generative models on fastgen-dm DataModules, and prepare their data.",
+        epilog="Examples:\n"
+        "  fastgen fit --config configs/quickstart.yaml\n"
+        "  fastgen fit --data CIFAR10DataModule --data.batch_size 64 --trainer.max_steps 1000\n"
+        "  fastgen fit --data.help CIFAR10DataModule     (every option of one DataModule)\n"
+        "  fastgen prepare demo\n"
+        "Run 'fastgen COMMAND --help' for the options of one command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fastgen-dm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in {**LIGHTNING_SUBCOMMANDS, **{k: v[0] for k, v in tools.items()}}.items():
+        commands.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    tools = _tools()
+    if not argv or argv[0].startswith("-"):
+        _top_parser(tools).parse_args(argv or ["--help"])
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in tools:
+        return tools[command][1](rest)
+    from fastgen_dm.cli.train import LIGHTNING_SUBCOMMANDS, lightning_main
+
+    if command in LIGHTNING_SUBCOMMANDS:
+        return lightning_main(None if from_command_line else argv)  # LightningCLI warns when given both
+    known = [*LIGHTNING_SUBCOMMANDS, *tools]
+    close = difflib.get_close_matches(command, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    _top_parser(tools).error(f"unknown command {command!r}{hint} (choose from {', '.join(known)})")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""``fastgen fit|validate|test|predict``: LightningCLI over every DataModule of the package."""
+
+from __future__ import annotations
+
+import lightning
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from fastgen_dm.datamodules import PlannedDataModule
+
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "Train a model on a DataModule (LightningCLI).",
+    "validate": "Run the validation loop once (LightningCLI).",
+    "test": "Run the test loop once (LightningCLI).",
+    "predict": "Run the predict loop once (LightningCLI).",
+}
+
+DEFAULT_MODEL = "fastgen_dm.models.EDMDenoiser"
+
+
+class FastGenCLI(LightningCLI):
+    """LightningCLI whose ``--data`` takes any fastgen-dm DataModule by short name, and whose
+    ``--model`` defaults to the reference EDM denoiser."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
+
+
+def run_lightning(args: list[str] | None) -> FastGenCLI:
+    """Run LightningCLI on ``args`` (None: the process's command line)."""
+    import fastgen_dm.models  # noqa: F401  (registers the models' short names)
+
+    return FastGenCLI(
+        model_class=lightning.LightningModule,
+        datamodule_class=PlannedDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "fastgen"},
+        args=args,
+    )
+
+
+def lightning_main(args: list[str] | None) -> int:
+    run_lightning(args)
+    return 0
