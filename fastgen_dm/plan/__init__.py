@@ -10,6 +10,7 @@ from fastgen_dm.plan.partition import (
     worker_batch_ids,
 )
 from fastgen_dm.plan.progress import Cursor, EpochPlan
+from fastgen_dm.plan.shards import locate, shard_epoch_order, shard_offsets
 
 __all__ = [
     "TAIL_POLICIES",
@@ -18,7 +19,10 @@ __all__ = [
     "SamplePlan",
     "TailPolicy",
     "epoch_order",
+    "locate",
     "rank_batches",
     "schedule",
+    "shard_epoch_order",
+    "shard_offsets",
     "worker_batch_ids",
 ]

@@ -15,7 +15,9 @@ Example, 10 samples, 2 ranks, batch 2, no shuffle, policy "pad":
 
 When the last step does not divide evenly among ranks, policy "pad" repeats samples from the
 start of the order (fewer than ``world_size`` of them) so that every rank still gets one batch;
-policy "drop" leaves the incomplete last step out of the epoch.
+policy "drop" leaves the incomplete last step out of the epoch; policy "uneven" (for evaluation,
+where every sample must count once and ranks need not step together) splits the rest without
+padding, so the last ranks may get a smaller batch or none.
 
 Within a rank, batch ``j`` goes to DataLoader worker ``j % num_workers``, which is the order in
 which ``torch.utils.data.DataLoader`` collects batches from workers, so the rank sees its
@@ -30,8 +32,8 @@ from typing import Literal
 
 import numpy as np
 
-TailPolicy = Literal["pad", "drop"]
-TAIL_POLICIES: tuple[str, ...] = ("pad", "drop")
+TailPolicy = Literal["pad", "drop", "uneven"]
+TAIL_POLICIES: tuple[str, ...] = ("pad", "drop", "uneven")
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -114,7 +116,7 @@ class SamplePlan:
     @property
     def end(self) -> int:
         """Position of the order once the epoch is complete."""
-        return self.num_samples if self.tail == "pad" else self.start + self.full_steps * self.step_samples
+        return self.start + self.full_steps * self.step_samples if self.tail == "drop" else self.num_samples
 
     def position_after(self, steps: int) -> int:
         """Global position after ``steps`` steps of this plan have been consumed."""
@@ -128,15 +130,24 @@ class SamplePlan:
         )
 
 
-def schedule(plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
+def schedule(plan: SamplePlan, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All global steps of ``plan`` as sample indices.
+
+    Args:
+        plan: The epoch's plan.
+        order: The epoch's full order (shape (num_samples,)); None uses :func:`epoch_order`.
+            Shard-based families pass theirs (see ``fastgen_dm.plan.shards``).
 
     Returns:
         ``(full, last)``: ``full`` int64 of shape (full_steps, world_size, batch_size) and
         ``last`` int64 of shape (world_size, tail_batch), empty when there is no tail step.
-        Entries of ``last`` past the order's end wrap around to its start (policy "pad").
+        Entries of ``last`` past the order's end wrap around to its start (policy "pad") or
+        are -1 (policy "uneven").
     """
-    order = epoch_order(plan.num_samples, plan.seed, plan.epoch, plan.shuffle)[plan.start :]
+    if order is None:
+        order = epoch_order(plan.num_samples, plan.seed, plan.epoch, plan.shuffle)
+    assert order.shape == (plan.num_samples,), (order.shape, plan.num_samples)
+    whole, order = order, order[plan.start :]
     n_full = plan.full_steps * plan.step_samples
     # (full_steps * world * batch,) -> (full_steps, world, batch)
     full = order[:n_full].reshape(plan.full_steps, plan.world_size, plan.batch_size)
@@ -145,20 +156,26 @@ def schedule(plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
         return full, np.empty((plan.world_size, 0), dtype=np.int64)
     padded = plan.tail_batch * plan.world_size
     if padded > tail.size:
-        whole = epoch_order(plan.num_samples, plan.seed, plan.epoch, plan.shuffle)
-        tail = np.concatenate([tail, np.resize(whole, padded - tail.size)])
+        filler = np.full(padded - tail.size, -1, np.int64) if plan.tail == "uneven" else np.resize(whole, padded - tail.size)
+        tail = np.concatenate([tail, filler])
     # (world * tail_batch,) -> (world, tail_batch)
     return full, tail.reshape(plan.world_size, plan.tail_batch)
 
 
-def rank_batches(plan: SamplePlan, rank: int) -> list[np.ndarray]:
-    """The batches rank ``rank`` yields, in order; every rank gets ``plan.num_steps`` of them."""
+def rank_batches(plan: SamplePlan, rank: int, order: np.ndarray | None = None) -> list[np.ndarray]:
+    """The batches rank ``rank`` yields, in order.
+
+    Every rank gets ``plan.num_steps`` of them, except under policy "uneven", where the last
+    ranks may get one fewer.
+    """
     if not 0 <= rank < plan.world_size:
         raise ValueError(f"rank must be in [0, {plan.world_size}), got {rank}")
-    full, last = schedule(plan)
+    full, last = schedule(plan, order)
     batches = list(full[:, rank])
     if last.shape[1]:
-        batches.append(last[rank])
+        tail = last[rank][last[rank] >= 0]
+        if tail.size:
+            batches.append(tail)
     return batches
 
 

@@ -18,7 +18,7 @@ plans = st.builds(
     seed=st.integers(0, 2**31),
     epoch=st.integers(0, 1000),
     shuffle=st.booleans(),
-    tail=st.sampled_from(["pad", "drop"]),
+    tail=st.sampled_from(["pad", "drop", "uneven"]),
 )
 
 
@@ -41,10 +41,15 @@ def delivered(plan: SamplePlan, num_workers: int) -> dict[int, list[np.ndarray]]
 def test_every_sample_once_and_equal_batches(plan, num_workers):
     per_rank = delivered(plan, num_workers)
     counts = {len(b) for b in per_rank.values()}
-    assert counts == {plan.num_steps}
+    if plan.tail == "uneven":
+        assert counts <= {plan.num_steps, plan.num_steps - 1}
+    else:
+        assert counts == {plan.num_steps}
     ids = np.concatenate([np.concatenate(b) if b else np.empty(0, np.int64) for b in per_rank.values()])
     unique, reps = np.unique(ids, return_counts=True)
-    if plan.tail == "pad":
+    if plan.tail == "uneven":
+        assert np.array_equal(np.sort(ids), np.arange(plan.num_samples))  # exactly once, no padding
+    elif plan.tail == "pad":
         assert len(unique) == plan.num_samples  # nothing missing
         assert len(ids) - plan.num_samples < plan.world_size  # declared padding: fewer than one per rank
     else:
@@ -53,8 +58,8 @@ def test_every_sample_once_and_equal_batches(plan, num_workers):
     for batches in per_rank.values():
         for step, batch in enumerate(batches):
             assert 1 <= len(batch) <= plan.batch_size
-            # every rank's batch at a step has the same size
-            assert len(batch) == len(per_rank[0][step])
+            if plan.tail != "uneven":  # every rank's batch at a step has the same size
+                assert len(batch) == len(per_rank[0][step])
 
 
 @settings(max_examples=200, deadline=None)
@@ -75,8 +80,8 @@ def test_resume_on_any_world_size_continues_the_same_global_order(plan, data):
     # the global stream continues where it stopped: step-major order of the remaining samples
     n_real = min(len(rest), plan.num_samples - consumed)
     assert np.array_equal(rest[:n_real], order[consumed : consumed + n_real])
-    if plan.tail == "pad":
-        assert set(order[consumed:]) <= set(rest)
+    if plan.tail != "drop":
+        assert set(order[consumed:]) <= set(rest[rest >= 0])
 
 
 @settings(max_examples=50, deadline=None)
@@ -124,7 +129,7 @@ def test_fewer_samples_than_ranks_pads_each_rank_to_one():
         ({"num_samples": 0, "batch_size": 1}, "num_samples must be at least 1, got 0"),
         ({"num_samples": 5, "batch_size": 0}, "batch_size must be at least 1, got 0"),
         ({"num_samples": 5, "batch_size": 1, "start": 6}, "start must be in [0, 5], got 6"),
-        ({"num_samples": 5, "batch_size": 1, "tail": "wrap"}, "tail 'wrap' is unknown; use one of ('pad', 'drop')"),
+        ({"num_samples": 5, "batch_size": 1, "tail": "wrap"}, "tail 'wrap' is unknown; use one of ('pad', 'drop', 'uneven')"),
     ],
 )
 def test_invalid_plans_name_the_argument(kwargs, message):
