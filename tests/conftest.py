@@ -22,3 +22,28 @@ def make_zip(tmp_path):
         return write_zip(tmp_path / (name or f"data{next(counter)}.zip"), images, labels)
 
     return make
+
+
+# --- S3 (moto_server on loopback); see tests/s3server.py ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A ``moto_server`` on 127.0.0.1 for the whole session: an :class:`s3server.S3Server`.
+
+    Pass ``s3_server.storage_options`` wherever ``storage_options`` is taken; it holds the fake
+    credentials, the endpoint and ``use_listings_cache=False`` (no stale listings after writes).
+    """
+    from s3server import start_s3_server
+
+    server = start_s3_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, uniquely named, empty bucket on ``s3_server`` for one test: its name."""
+    return s3_server.make_bucket()
