@@ -2,5 +2,15 @@
 
 from fastgen_dm.read.bad_data import BadDataPolicy, TooManyBadSamplesError
 from fastgen_dm.read.edm import EDMReader
+from fastgen_dm.read.tar import ByteCounter, ShardReadError, iter_shard, read_runs, split_sample
 
-__all__ = ["BadDataPolicy", "EDMReader", "TooManyBadSamplesError"]
+__all__ = [
+    "BadDataPolicy",
+    "EDMReader",
+    "TooManyBadSamplesError",
+    "ByteCounter",
+    "ShardReadError",
+    "iter_shard",
+    "read_runs",
+    "split_sample",
+]
