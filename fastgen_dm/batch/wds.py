@@ -1,0 +1,564 @@
+"""One WebDataset sample's members to batch values, and batches in FastGen's layout.
+
+Pure functions over bytes already read: the only I/O is :func:`load_constants` reading the
+``files_map`` files (once, at setup) through :func:`fastgen_dm.storage.open_url`.
+
+A sample arrives as ``{suffix: bytes}``, e.g. ``{"latent.pth": b"...", "txt": b"a cat", "json": b"..."}``
+for the tar members ``000042.latent.pth``, ``000042.txt``, ``000042.json``. :class:`SampleSpec`
+decodes the members its ``key_map`` names (and nothing else) and applies ``presets_filter``::
+
+    spec = SampleSpec(key_map={"real": "latent.pth", "condition": "txt"})
+    spec.decode(members)          # {"real": tensor [4, 64, 64], "condition": "a cat"}
+
+:func:`wds_batch` collates decoded samples and the constants of :func:`load_constants` into
+FastGen's dictionary::
+
+    {"fname": [B keys], "shard": [B URLs], "real": [B, 4, 64, 64], "condition": [B strings],
+     "neg_condition": [B, 512, 4096] (one tensor expanded, no copy)}
+
+Outcomes of :meth:`SampleSpec.decode` for the caller (the bad-data policy):
+
+- a dict: keep the sample;
+- :class:`SampleFilteredOut`: a filter dropped it; count it as filtered, not bad;
+- :class:`MissingKeyError`, :class:`BadSampleError`, or the decoder's own exception
+  (``ValueError`` and subclasses such as :class:`~fastgen_dm.decode.PickleRefusedError`,
+  ``RuntimeError`` from ``torch.load``, ``SafetensorError``, ...): bad data; skip and count it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import logging
+import math
+import os
+import posixpath
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence, get_args
+
+import numpy as np
+import torch
+
+from fastgen_dm.decode import decoder_for
+from fastgen_dm.decode.table import Decoder
+from fastgen_dm.storage import open_url
+
+logger = logging.getLogger(__name__)
+
+PresetName = Literal["neg_prompt_wan", "neg_prompt_cosmos", "empty_string"]
+FilterName = Literal["score", "empty_keys"]
+
+DEFAULT_TXT_EXTENSIONS: tuple[str, ...] = ("txt", "caption", "text")
+RESERVED_KEYS = frozenset({"fname", "shard"})  # batch keys wds_batch writes itself
+
+
+class MissingKeyError(KeyError):
+    """A sample lacks a member that ``key_map`` names (bad data).
+
+    Attributes:
+        missing: The absent suffixes, e.g. ``("latent.pth",)``.
+        present: The suffixes the sample has, sorted.
+    """
+
+    def __init__(self, message: str, missing: Sequence[str] = (), present: Sequence[str] = ()) -> None:
+        super().__init__(message, tuple(missing), tuple(present))
+        self.missing = tuple(missing)
+        self.present = tuple(present)
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return self.args[0]
+
+
+class BadSampleError(ValueError):
+    """A member decoded but cannot be used (bad data), e.g. the score filter's ``json`` is not an object."""
+
+
+class SampleFilteredOut(Exception):
+    """A ``presets_filter`` dropped the sample: count it as filtered, not as bad data.
+
+    Attributes:
+        filter_name: The filter that dropped it (``"score"`` or ``"empty_keys"``), for per-cause counts.
+    """
+
+    def __init__(self, filter_name: str, reason: str) -> None:
+        super().__init__(filter_name, reason)
+        self.filter_name = filter_name
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.filter_name}: {self.reason}"
+
+
+# --- presets -------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _presets() -> Mapping[str, str]:
+    text = importlib.resources.files("fastgen_dm.batch").joinpath("presets.json").read_text(encoding="utf-8")
+    return MappingProxyType(json.loads(text))
+
+
+def preset(name: str) -> str:
+    """The exact string of a preset constant (FastGen's negative prompts).
+
+    Args:
+        name: One of ``neg_prompt_wan``, ``neg_prompt_cosmos``, ``empty_string``.
+
+    Raises:
+        ValueError: An unknown name; the message lists the known ones.
+    """
+    presets = _presets()
+    try:
+        return presets[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"preset {name!r} is unknown; known presets: {sorted(presets)}") from None
+
+
+# --- decoders ------------------------------------------------------------------------------------
+
+
+def _reserved_message(argument: str, key: str) -> str:
+    return f"{argument}: {key!r} is written by the batch itself; reserved keys: {sorted(RESERVED_KEYS)}"
+
+
+def _check_names(argument: str, value: Any) -> tuple[str, ...]:
+    """A sequence of non-empty strings as a tuple (a bare string is refused: it would iterate characters)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{argument} must be a list of strings, got {value!r}; e.g. {argument}=[{value!r}]")
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise TypeError(f"{argument} must hold non-empty strings, got {item!r} in {list(value)!r}")
+    return tuple(value)
+
+
+def _decoder(suffix: str, txt_extensions: Sequence[str], allow_pickle: Sequence[str]) -> Decoder:
+    """The table's decoder for a suffix; a suffix (or its last part) in ``txt_extensions`` decodes as text."""
+    ext = suffix.rsplit(".", 1)[-1].lower()
+    if suffix.lower() in txt_extensions or ext in txt_extensions:
+        return decoder_for("txt")
+    return decoder_for(suffix, allow_pickle)
+
+
+def _decoder_named(argument: str, suffix: str, txt_extensions: Sequence[str], allow_pickle: Sequence[str]) -> Decoder:
+    """:func:`_decoder`, with errors that name the argument the suffix came from."""
+    try:
+        return _decoder(suffix, txt_extensions, allow_pickle)
+    except ValueError as err:  # PickleRefusedError is a ValueError too; keep its type
+        raise type(err)(f"{argument} = {suffix!r}: {err}") from None
+
+
+def _annotate(err: BaseException, note: str) -> None:
+    if hasattr(err, "add_note"):  # Python >= 3.11
+        err.add_note(note)
+
+
+# --- filters -------------------------------------------------------------------------------------
+
+
+class _Score(NamedTuple):
+    threshold: float
+    score_key: str
+
+
+def _parse_score(value: Any, key_map: Mapping[str, str]) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or set(value) != {"threshold", "score_key"}:
+        raise ValueError(
+            f"presets_filter['score'] = {value!r}: expected exactly the keys 'threshold' and 'score_key', "
+            "e.g. {'threshold': 5.5, 'score_key': 'aesthetic_score'}"
+        )
+    threshold, score_key = value["threshold"], value["score_key"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"presets_filter['score']['threshold'] = {threshold!r}: expected a finite number")
+    if not isinstance(score_key, str) or not score_key:
+        raise ValueError(f"presets_filter['score']['score_key'] = {score_key!r}: expected a non-empty string")
+    return {"score": _Score(float(threshold), score_key)}
+
+
+def _parse_empty_keys(value: Any, key_map: Mapping[str, str]) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        if set(value) != {"keys"}:
+            raise ValueError(f"presets_filter['empty_keys'] = {value!r}: expected a list of keys or {{'keys': [...]}}")
+        value = value["keys"]
+    keys = _check_names("presets_filter['empty_keys']", value)
+    unknown = [k for k in keys if k not in key_map]
+    if unknown:
+        raise ValueError(
+            f"presets_filter['empty_keys'] names {unknown!r}, which are not key_map outputs; "
+            f"allowed: {sorted(key_map)}"
+        )
+    return {"empty_keys": keys}
+
+
+# Each parser maps the filter's config to fields of SampleSpec's parsed filters.
+_FILTER_PARSERS: dict[str, Callable[[Any, Mapping[str, str]], dict[str, Any]]] = {
+    "score": _parse_score,
+    "empty_keys": _parse_empty_keys,
+}
+assert set(_FILTER_PARSERS) == set(get_args(FilterName))
+
+
+def _is_empty(value: Any) -> bool:
+    """Empty text after strip, a tensor/array with 0 elements, or an empty container."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return not value.strip()
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 0
+    if isinstance(value, np.ndarray):
+        return value.size == 0
+    if isinstance(value, (dict, list, tuple)):
+        return len(value) == 0
+    return False
+
+
+# --- the sample spec -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """Which members of a WebDataset sample to decode, into which keys, and which samples to drop.
+
+    Validated once at construction; cheap to pickle into DataLoader workers.
+
+    Args:
+        key_map: Output key -> member suffix, e.g. ``{"real": "latent.pth", "condition": "txt_emb.pth"}``.
+            Only these members are decoded; a sample lacking one raises :class:`MissingKeyError`.
+            The suffix's last part picks the decoder (``"latent.pth"`` -> ``pth``). Suffixes match
+            members exactly (WebDataset lowercases them by default; so should the reader).
+        presets_filter: Filters by name, or None (the default) for none. ``"score"``:
+            ``{"threshold": 5.5, "score_key": "aesthetic_score"}`` keeps a sample that has no
+            ``json`` member, whose json lacks ``score_key``, or whose ``json[score_key] >= threshold``.
+            ``"empty_keys"``: ``["condition"]`` (or ``{"keys": ["condition"]}``) drops a sample whose
+            listed ``key_map`` outputs decode to empty text, a tensor/array of 0 elements, or an empty
+            container. Example: ``{"score": {"threshold": 5.5, "score_key": "aesthetic_score"},
+            "empty_keys": ["condition"]}``.
+        txt_extensions: Suffixes decoded as UTF-8 strings (default ``("txt", "caption", "text")``),
+            matched against the whole suffix or its last part, in addition to the table's text
+            suffixes. E.g. ``("prompt",)`` makes ``prompt`` members strings.
+        allow_pickle: Suffixes that may load through full pickle (default none), e.g. ``["pth"]`` for
+            ``.pth`` files holding custom classes. Only for data you trust.
+
+    Raises:
+        TypeError: A bare string where a list is expected.
+        ValueError: An empty ``key_map``, a reserved or empty output key, a suffix with no decoder,
+            an unknown filter, or a malformed filter config.
+        PickleRefusedError: A pickle suffix in ``key_map`` that ``allow_pickle`` does not name.
+    """
+
+    key_map: Mapping[str, str]
+    presets_filter: Mapping[str, Any] | None = None
+    txt_extensions: Sequence[str] = DEFAULT_TXT_EXTENSIONS
+    allow_pickle: Sequence[str] = ()
+    _decoders: Mapping[str, Decoder] = field(init=False, repr=False, compare=False)
+    _score: _Score | None = field(init=False, repr=False, compare=False)
+    _empty_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key_map = self._validate_key_map(self.key_map)
+        txt = tuple(ext.lower().lstrip(".") for ext in _check_names("txt_extensions", self.txt_extensions))
+        allow = tuple(ext.lower().lstrip(".") for ext in _check_names("allow_pickle", self.allow_pickle))
+        filters = self._validate_filters(self.presets_filter, key_map)
+        decoders = {
+            key: _decoder_named(f"key_map[{key!r}]", suffix, txt, allow) for key, suffix in key_map.items()
+        }
+        set_ = functools.partial(object.__setattr__, self)
+        set_("key_map", key_map)
+        set_("presets_filter", None if self.presets_filter is None else dict(self.presets_filter))
+        set_("txt_extensions", txt)
+        set_("allow_pickle", allow)
+        set_("_decoders", decoders)
+        set_("_score", filters.get("score"))
+        set_("_empty_keys", filters.get("empty_keys", ()))
+
+    @staticmethod
+    def _validate_key_map(key_map: Any) -> dict[str, str]:
+        if not isinstance(key_map, Mapping) or not key_map:
+            raise ValueError(
+                f"key_map must map output keys to member suffixes, e.g. {{'real': 'latent.pth'}}; got {key_map!r}"
+            )
+        for key, suffix in key_map.items():
+            if not isinstance(key, str) or not key or not isinstance(suffix, str) or not suffix:
+                raise ValueError(f"key_map[{key!r}] = {suffix!r}: keys and suffixes must be non-empty strings")
+            if key in RESERVED_KEYS:
+                raise ValueError(_reserved_message(f"key_map[{key!r}]", key))
+            if suffix.startswith("."):
+                raise ValueError(
+                    f"key_map[{key!r}] = {suffix!r}: give the suffix without a leading dot, e.g. {suffix.lstrip('.')!r}"
+                )
+        return dict(key_map)
+
+    @staticmethod
+    def _validate_filters(presets_filter: Any, key_map: Mapping[str, str]) -> dict[str, Any]:
+        if presets_filter is None:
+            return {}
+        if not isinstance(presets_filter, Mapping):
+            raise ValueError(f"presets_filter must map filter names to their configs, got {presets_filter!r}")
+        parsed: dict[str, Any] = {}
+        for name, config in presets_filter.items():
+            if name not in _FILTER_PARSERS:
+                raise ValueError(
+                    f"presets_filter has unknown filter {name!r}; known filters: {sorted(_FILTER_PARSERS)}"
+                )
+            parsed.update(_FILTER_PARSERS[name](config, key_map))
+        return parsed
+
+    def members_needed(self) -> frozenset[str]:
+        """The suffixes to read: the ``key_map`` values, plus ``json`` when the score filter is on."""
+        return frozenset(self.key_map.values()) | ({"json"} if self._score is not None else frozenset())
+
+    def decode(self, members: Mapping[str, bytes]) -> dict[str, Any]:
+        """Decode the ``key_map`` members of one sample and apply the filters.
+
+        Args:
+            members: Suffix -> bytes of one sample, e.g. ``{"latent.pth": b"...", "json": b"{...}"}``.
+                Members that ``key_map`` does not name are ignored (never decoded).
+
+        Returns:
+            Output key -> decoded value, in ``key_map`` order.
+
+        Raises:
+            MissingKeyError: A ``key_map`` suffix is absent.
+            SampleFilteredOut: A filter dropped the sample.
+            BadSampleError: The score filter's ``json`` is not a JSON object or its score is not a number.
+            Exception: The decoder's own error for an undecodable member, with a note naming the member.
+        """
+        missing = [suffix for suffix in self.key_map.values() if suffix not in members]
+        if missing:
+            needed_by = ", ".join(f"{s!r} (key_map[{k!r}])" for k, s in self.key_map.items() if s in missing)
+            present = sorted(members)
+            raise MissingKeyError(f"sample has no member {needed_by}; its members: {present}", missing, present)
+        meta = self._apply_score(members)
+        out: dict[str, Any] = {}
+        for key, suffix in self.key_map.items():
+            if suffix == "json" and meta is not None:
+                out[key] = meta
+                continue
+            try:
+                out[key] = self._decoders[key](members[suffix])
+            except Exception as err:
+                _annotate(err, f"while decoding member {suffix!r} for key_map[{key!r}]")
+                raise
+        for key in self._empty_keys:
+            if _is_empty(out[key]):
+                raise SampleFilteredOut("empty_keys", f"{key!r} (member {self.key_map[key]!r}) is empty")
+        return out
+
+    def _apply_score(self, members: Mapping[str, bytes]) -> Any:
+        """The decoded json when the score filter keeps the sample (None without filter or json)."""
+        if self._score is None or "json" not in members:
+            return None
+        threshold, score_key = self._score
+        try:
+            meta = decoder_for("json")(members["json"])
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise BadSampleError(f"member 'json' is not valid JSON ({err}); the score filter reads it") from err
+        if not isinstance(meta, dict):
+            raise BadSampleError(
+                f"member 'json' holds a {type(meta).__name__}, not an object; "
+                f"the score filter reads json[{score_key!r}]"
+            )
+        score = meta.get(score_key)
+        if score is None:
+            return meta
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise BadSampleError(f"json[{score_key!r}] = {score!r} is not a number; the score filter compares it")
+        if not score >= threshold:  # NaN is dropped too
+            raise SampleFilteredOut("score", f"json[{score_key!r}] = {score!r} < threshold {threshold!r}")
+        return meta
+
+
+# --- constants -----------------------------------------------------------------------------------
+
+
+def _resolve(path: str, base_dir: str | None) -> str:
+    """``path`` itself when absolute, a URL, or without base; else joined onto ``base_dir``.
+
+    ``("neg.pth", "s3://b/latents")`` -> ``"s3://b/latents/neg.pth"``;
+    ``("neg.pth", "/data/x")`` -> ``"/data/x/neg.pth"``.
+    """
+    if base_dir is None or "://" in path or os.path.isabs(path):
+        return path
+    if "://" in base_dir:
+        return posixpath.join(base_dir.rstrip("/") + "/", path)
+    return os.path.join(base_dir, path)
+
+
+def load_constants(
+    files_map: Mapping[str, str] | None,
+    presets_map: Mapping[str, str] | None,
+    base_dir: str | os.PathLike | None,
+    storage_options: Mapping[str, Any] | None = None,
+    optional_files: Sequence[str] = (),
+    *,
+    txt_extensions: Sequence[str] = DEFAULT_TXT_EXTENSIONS,
+    allow_pickle: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Load the per-batch constants once (at setup): ``files_map`` files and ``presets_map`` strings.
+
+    Args:
+        files_map: Output key -> file, e.g. ``{"neg_condition": "neg_prompt_emb.pth"}``, decoded by its
+            suffix through the decoder table. Relative paths resolve against ``base_dir``. None: no files.
+        presets_map: Output key -> preset name, e.g. ``{"neg_condition": "neg_prompt_wan"}``. None: none.
+        base_dir: Folder (path or URL) that relative ``files_map`` paths resolve against, usually the
+            datatag's folder; None leaves them relative to the working directory.
+        storage_options: fsspec options for opening the files (default None).
+        optional_files: ``files_map`` keys whose file may be missing (default none); a missing one is
+            left out of the result instead of raising.
+        txt_extensions: Suffixes decoded as UTF-8 strings, as in :class:`SampleSpec`.
+        allow_pickle: Suffixes that may load through full pickle, as in :class:`SampleSpec`.
+
+    Returns:
+        Output key -> value (tensor, array, string, ...), files first, then presets.
+
+    Raises:
+        ValueError: A key in both maps or reserved, an ``optional_files`` entry that is not a
+            ``files_map`` key, an unknown preset, a file suffix with no decoder.
+        FileNotFoundError: A file that is missing and not optional; names the key and the path.
+    """
+    files_map = dict(files_map or {})
+    presets_map = dict(presets_map or {})
+    optional = set(_check_names("optional_files", optional_files))
+    txt = tuple(ext.lower().lstrip(".") for ext in _check_names("txt_extensions", txt_extensions))
+    allow = tuple(ext.lower().lstrip(".") for ext in _check_names("allow_pickle", allow_pickle))
+    both = sorted(set(files_map) & set(presets_map))
+    if both:
+        raise ValueError(f"keys {both} are in both files_map and presets_map; give each constant once")
+    for argument, mapping in (("files_map", files_map), ("presets_map", presets_map)):
+        for key, value in mapping.items():
+            if key in RESERVED_KEYS:
+                raise ValueError(_reserved_message(f"{argument}[{key!r}]", key))
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{argument}[{key!r}] = {value!r}: expected a non-empty string")
+    not_files = sorted(optional - set(files_map))
+    if not_files:
+        raise ValueError(
+            f"optional_files names {not_files}, which are not files_map keys; allowed: {sorted(files_map)}"
+        )
+    presets = {key: _preset_named(key, name) for key, name in presets_map.items()}
+    base = None if base_dir is None else os.fspath(base_dir)
+    decoders = {}
+    for key, path in files_map.items():
+        try:  # the file name's last suffix picks the decoder: "emb/neg.prompt.pth" -> pth
+            decoders[key] = _decoder(path.rstrip("/").rsplit("/", 1)[-1], txt, allow)
+        except ValueError as err:  # PickleRefusedError is a ValueError too; keep its type
+            raise type(err)(f"files_map[{key!r}] = {path!r}: {err}") from None
+
+    constants: dict[str, Any] = {}
+    for key, path in files_map.items():
+        url = _resolve(path, base)
+        try:
+            with open_url(url, "rb", storage_options) as f:
+                data = f.read()
+        except FileNotFoundError as err:
+            if key in optional:
+                logger.info("optional files_map[%r] = %r not found at %s; leaving it out", key, path, url)
+                continue
+            raise FileNotFoundError(
+                f"files_map[{key!r}] = {path!r}: {url!r} does not exist; fix the path (relative paths resolve "
+                f"against {base!r}), or list {key!r} in optional_files to go on without it"
+            ) from err
+        try:
+            constants[key] = decoders[key](data)
+        except Exception as err:
+            _annotate(err, f"while decoding files_map[{key!r}] = {path!r} ({url})")
+            raise
+    constants.update(presets)
+    return constants
+
+
+def _preset_named(key: str, name: str) -> str:
+    try:
+        return preset(name)
+    except ValueError as err:
+        raise ValueError(f"presets_map[{key!r}]: {err}") from None
+
+
+# --- collation -----------------------------------------------------------------------------------
+
+
+def _to_tensor(value: torch.Tensor | np.ndarray) -> torch.Tensor | None:
+    """A tensor sharing memory with ``value``; None for arrays torch cannot hold (strings, objects)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if value.dtype.kind not in "biufc":
+        return None
+    if not value.flags.writeable:  # torch warns on read-only arrays; one copy here is harmless
+        value = value.copy()
+    return torch.from_numpy(np.ascontiguousarray(value))
+
+
+def _collate(values: list[Any]) -> Any:
+    """Equal-shape tensors/arrays -> one [B, ...] tensor; ints -> int64 [B]; floats -> float64 [B]; else a list.
+
+    ``[zeros(4, 8), zeros(4, 8)]`` -> tensor [2, 4, 8]; ``[zeros(3), zeros(5)]`` -> list of 2 tensors;
+    ``["a", "b"]`` -> ``["a", "b"]``.
+    """
+    if all(isinstance(v, (torch.Tensor, np.ndarray)) for v in values):
+        tensors = [_to_tensor(v) for v in values]
+        if any(t is None for t in tensors):
+            return list(values)
+        if all(t.shape == tensors[0].shape for t in tensors):
+            return torch.stack(tensors)
+        return tensors
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        is_int = all(isinstance(v, int) for v in values)
+        return torch.tensor(values, dtype=torch.int64 if is_int else torch.float64)
+    return list(values)
+
+
+def _repeat(value: Any, batch: int) -> Any:
+    """A constant for ``batch`` samples: tensors expanded to [B, ...] (stride 0, no copy); else B references."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        tensor = _to_tensor(value)
+        if tensor is not None:
+            return tensor.unsqueeze(0).expand(batch, *tensor.shape)
+    return [value] * batch
+
+
+def wds_batch(
+    samples: Sequence[Mapping[str, Any]],
+    fnames: Sequence[str],
+    shards: Sequence[str],
+    constants: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Collate decoded samples into FastGen's WebDataset batch dictionary.
+
+    Args:
+        samples: B outputs of :meth:`SampleSpec.decode` (possibly transformed), all with the same keys.
+        fnames: The B sample keys (``__key__``), e.g. ``["000042", "000043"]``.
+        shards: The B shard URLs the samples came from.
+        constants: The output of :func:`load_constants`, repeated for every sample.
+
+    Returns:
+        ``"fname"`` and ``"shard"`` (lists of B), then each sample key: equal-shape tensors/arrays
+        stacked to [B, ...] (arrays through ``torch.from_numpy``), ints to int64 [B], floats to
+        float64 [B], anything else (strings, dicts, unequal shapes) a list of B; then each constant:
+        a tensor/array of shape S as a [B, *S] view made by ``expand`` (no copy: read it, never write
+        to it in place), anything else (a preset string, text) a list of B references to the one value.
+
+    Raises:
+        ValueError: Lengths that differ, an empty batch, samples with different keys, or a key
+            that appears both in the samples and in ``constants`` (or is reserved).
+    """
+    batch = len(samples)
+    if batch == 0 or len(fnames) != batch or len(shards) != batch:
+        raise ValueError(
+            f"wds_batch needs one fname and one shard per sample and at least one sample; got "
+            f"{batch} samples, {len(fnames)} fnames, {len(shards)} shards"
+        )
+    keys = list(samples[0])
+    for sample, fname in zip(samples, fnames):
+        if list(sample) != keys:
+            raise ValueError(f"sample {fname!r} has keys {list(sample)}; the batch's first sample has {keys}")
+    clash = sorted((set(keys) & set(constants)) | ((set(keys) | set(constants)) & RESERVED_KEYS))
+    if clash:
+        raise ValueError(
+            f"batch keys {clash} clash: sample keys, constants and {sorted(RESERVED_KEYS)} must be distinct"
+        )
+    out: dict[str, Any] = {"fname": list(fnames), "shard": list(shards)}
+    for key in keys:
+        out[key] = _collate([sample[key] for sample in samples])
+    for key, value in constants.items():
+        out[key] = _repeat(value, batch)
+    return out
