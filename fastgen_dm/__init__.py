@@ -4,9 +4,14 @@ from fastgen_dm.datamodules import (
     CIFAR10DataModule,
     DemoDataModule,
     ImageFolderDataModule,
+    ImageLatentDataModule,
     ImageNet64DataModule,
     ImageNet64EDMv2DataModule,
     ImageNet256DataModule,
+    PairDataModule,
+    PathDataModule,
+    VideoLatentDataModule,
+    WDSDataModule,
 )
 
 __version__ = "0.1.0"
@@ -15,8 +20,13 @@ __all__ = [
     "CIFAR10DataModule",
     "DemoDataModule",
     "ImageFolderDataModule",
+    "ImageLatentDataModule",
     "ImageNet256DataModule",
     "ImageNet64DataModule",
     "ImageNet64EDMv2DataModule",
+    "PairDataModule",
+    "PathDataModule",
+    "VideoLatentDataModule",
+    "WDSDataModule",
     "__version__",
 ]

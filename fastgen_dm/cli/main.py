@@ -12,10 +12,11 @@ from fastgen_dm import __version__
 
 
 def _tools() -> dict[str, tuple[str, Callable[[list[str]], int]]]:
-    from fastgen_dm.cli import prepare
+    from fastgen_dm.cli import index, prepare
 
     return {
         "prepare": ("Write a dataset in the format a DataModule reads (demo, ...).", prepare.main),
+        "index": ("Index WebDataset shards: sample counts and byte offsets for exact epochs.", index.main),
     }
 
 

@@ -5,15 +5,22 @@ from fastgen_dm.datamodules.cifar10 import CIFAR10DataModule
 from fastgen_dm.datamodules.demo import DemoDataModule
 from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
 from fastgen_dm.datamodules.imagenet import ImageNet64DataModule, ImageNet64EDMv2DataModule, ImageNet256DataModule
+from fastgen_dm.datamodules.latents import ImageLatentDataModule, PairDataModule, PathDataModule, VideoLatentDataModule
+from fastgen_dm.datamodules.wds import WDSDataModule
 
 __all__ = [
     "CIFAR10DataModule",
     "DemoDataModule",
     "ImageFolderDataModule",
+    "ImageLatentDataModule",
     "ImageNet256DataModule",
     "ImageNet64DataModule",
     "ImageNet64EDMv2DataModule",
+    "PairDataModule",
+    "PathDataModule",
     "PlannedDataLoader",
     "PlannedDataModule",
     "PlannedStream",
+    "VideoLatentDataModule",
+    "WDSDataModule",
 ]

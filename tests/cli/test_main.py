@@ -90,3 +90,21 @@ def test_quickstart_trains_and_the_loss_falls(tmp_path):
     losses = [float(row["train/loss"]) for row in csv.DictReader(metrics.open()) if row.get("train/loss")]
     assert len(losses) >= 40
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_config_parses(config):
+    result = fastgen("fit", "--config", str(REPO / "configs" / config), "--print_config")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_latent_family_trains_from_the_cli_on_demo_shards(tmp_path):
+    assert main(["prepare", "demo", "--output-dir", str(tmp_path / "DATA"), "--num-images", "16", "--num-samples", "64"]) == 0
+    result = fastgen(
+        "fit", "--config", str(REPO / "configs" / "pair.yaml"),
+        "--data.datatags", f'["WDS:{tmp_path}/DATA/demo/wds/pair"]', "--data.index_dir", str(tmp_path / "index"),
+        "--data.num_workers", "1", "--trainer.max_steps", "3", "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "`Trainer.fit` stopped: `max_steps=3` reached" in result.stderr

@@ -1,11 +1,7 @@
 """Through a real Trainer: DDP (gloo, ddp_spawn) with workers, and mid-epoch resume from a checkpoint."""
 
-import json
-from collections import defaultdict
-from pathlib import Path
-
 import pytest
-from helpers import DestroyProcessGroup
+from helpers import DestroyProcessGroup, flat, global_streams
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -28,27 +24,6 @@ def fit(demo_zip, record_dir, devices, ckpt_path=None, callbacks=(), **trainer_k
         **{"enable_checkpointing": False, **trainer_kwargs, "callbacks": [DestroyProcessGroup(), *callbacks]},
     )
     trainer.fit(LoaderProbe(record_dir=str(record_dir)), datamodule=dm, ckpt_path=ckpt_path)
-
-
-def global_streams(record_dir: Path) -> dict[int, list[list[int]]]:
-    """Per epoch: the list of global steps, each the concatenation of the ranks' batches in rank order."""
-    per_rank = {}
-    for path in sorted(record_dir.glob("rank*.jsonl")):
-        per_rank[int(path.stem[4:])] = [json.loads(line) for line in path.read_text().splitlines()]
-    steps: dict[int, dict[int, list[list[int]]]] = defaultdict(lambda: defaultdict(list))
-    for rank, records in per_rank.items():
-        for record in records:
-            steps[record["epoch"]][rank].append(record["ids"])
-    out = {}
-    for epoch, ranks in steps.items():
-        counts = {len(b) for b in ranks.values()}
-        assert len(counts) == 1, f"ranks consumed different numbers of batches in epoch {epoch}: {counts}"
-        out[epoch] = [sum((ranks[r][k] for r in sorted(ranks)), []) for k in range(counts.pop())]
-    return out
-
-
-def flat(steps):
-    return [i for step in steps for i in step]
 
 
 @pytest.fixture(scope="module")

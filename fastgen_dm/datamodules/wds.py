@@ -1,0 +1,422 @@
+"""WebDataset shards: the generic ``WDSDataModule`` behind every shard-based family."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from fastgen_dm.batch.wds import SampleFilteredOut, SampleSpec, load_constants, wds_batch
+from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream
+from fastgen_dm.index.datatags import (
+    Shard,
+    local_index_path,
+    local_datatags_without_index,
+    resolve_datatags,
+)
+from fastgen_dm.index.wds import index_shards, save_index
+from fastgen_dm.plan import Cursor, SamplePlan, TailPolicy, locate, rank_batches, shard_epoch_order, shard_offsets, worker_batch_ids
+from fastgen_dm.read import BadDataPolicy
+from fastgen_dm.read.tar import iter_shard
+from fastgen_dm.read.wds import ShardReader
+from fastgen_dm.storage import list_shards, parse_datatag
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INDEX_DIR = "FASTGEN_OUTPUT/index"
+_NO_END = 1 << 62  # resampled streams never end: Lightning stops them with max_steps
+
+
+class _Decoder:
+    """Turns read samples into batches, counting bad and filtered ones (one per reader process)."""
+
+    def __init__(self, spec: SampleSpec, constants: Mapping[str, Any], policy: BadDataPolicy) -> None:
+        self.spec, self.constants, self.policy = spec, constants, policy
+        self.filtered = 0
+
+    def batch(self, items: Sequence[tuple[str, str, Any]]) -> dict[str, Any] | None:
+        """``items``: (shard url, key, members or exception); None when every sample was dropped."""
+        samples, fnames, shards = [], [], []
+        for url, key, members in items:
+            if isinstance(members, Exception):
+                self.policy.skip(url, key, members)
+                continue
+            try:
+                sample = self.spec.decode(members)
+            except SampleFilteredOut:
+                self.filtered += 1
+                self.policy.ok()
+                continue
+            except Exception as err:  # undecodable or incomplete sample: counted by the policy
+                self.policy.skip(url, key, err)
+                continue
+            self.policy.ok()
+            samples.append(sample)
+            fnames.append(key)
+            shards.append(url)
+        return wds_batch(samples, fnames, shards, self.constants) if samples else None
+
+
+class WDSStream(PlannedStream):
+    """Batches of a sharded dataset following the sample plan (epoch mode)."""
+
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        spec: SampleSpec,
+        constants: Mapping[str, Any],
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        tail: TailPolicy,
+        window: int,
+        max_skip_fraction: float,
+        storage_options: Mapping[str, Any] | None,
+        skipped_index_dir: str | None = None,
+    ) -> None:
+        self.shards = list(shards)
+        self.offsets = shard_offsets([s.count for s in self.shards])
+        self.spec, self.constants = spec, constants
+        self.batch_size, self.seed, self.shuffle, self.tail, self.window = batch_size, seed, shuffle, tail, window
+        self.max_skip_fraction = max_skip_fraction
+        self.storage_options = storage_options
+        self.skipped_index_dir = skipped_index_dir
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.offsets[-1])
+
+    def plan_for(self, epoch: int, start: int) -> SamplePlan:
+        return SamplePlan(self.num_samples, self.batch_size, self.world_size, self.seed, epoch, self.shuffle, start, self.tail)
+
+    def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        order = shard_epoch_order([s.count for s in self.shards], self.seed, plan.epoch, self.shuffle, self.window)
+        batches = rank_batches(plan, self.rank, order)
+        reader = ShardReader(self.storage_options)
+        decoder = _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction))
+        previous = None
+        try:
+            for j in worker_batch_ids(len(batches), num_workers, worker_id):
+                batch = decoder.batch(self._read(batches[j], reader))
+                if batch is None:
+                    # Every sample of this batch was bad: yield the previous one again rather than
+                    # nothing, so this rank still steps with the others (an absent batch hangs DDP).
+                    if previous is None:
+                        raise RuntimeError(f"every sample of the first batch of rank {self.rank} worker {worker_id} was bad or filtered")
+                    logger.warning("rank %d worker %d: batch %d lost every sample; repeating the previous batch", self.rank, worker_id, j)
+                    batch = previous
+                previous = batch
+                yield batch
+        finally:
+            self._write_skipped(decoder.policy, plan.epoch, worker_id)
+
+    def _read(self, ids: np.ndarray, reader: ShardReader) -> list[tuple[str, str, Any]]:
+        """(url, key, members) of each global sample id, in the plan's order."""
+        shard_ids, local = locate(ids, self.offsets)
+        items: list[Any] = [None] * len(ids)
+        for s in np.unique(shard_ids):
+            positions = np.flatnonzero(shard_ids == s)
+            shard = self.shards[s]
+            for k, (key, members) in zip(positions, reader.read(shard, local[positions])):
+                items[k] = (shard.url, key, members)
+        return items
+
+    def _write_skipped(self, policy: BadDataPolicy, epoch: int, worker_id: int) -> None:
+        if self.skipped_index_dir is None or not policy.skipped_keys:
+            return
+        folder = Path(self.skipped_index_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        table = {os.path.basename(url): sorted(keys) for url, keys in policy.skipped_keys.items()}
+        path = folder / f"skipped-epoch{epoch}-rank{self.rank}-worker{worker_id}.json"
+        path.write_text(json.dumps(table, indent=1))
+
+
+class ResampledWDSStream(PlannedStream):
+    """An endless stream: shards drawn with replacement, whole-shard reads, a byte-bounded shuffle buffer.
+
+    FastGen's training behaviour. Seeded by (seed, rank, worker, epoch), it has no position to
+    resume from; use epoch mode for exact resume.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        spec: SampleSpec,
+        constants: Mapping[str, Any],
+        batch_size: int,
+        seed: int,
+        shuffle_buffer_bytes: int,
+        max_skip_fraction: float,
+        storage_options: Mapping[str, Any] | None,
+    ) -> None:
+        self.shards = list(shards)
+        self.spec, self.constants, self.batch_size, self.seed = spec, constants, batch_size, seed
+        self.shuffle_buffer_bytes = shuffle_buffer_bytes
+        self.max_skip_fraction = max_skip_fraction
+        self.storage_options = storage_options
+
+    def plan_for(self, epoch: int, start: int) -> SamplePlan:
+        return SamplePlan(_NO_END, self.batch_size, self.world_size, self.seed, epoch, shuffle=False)
+
+    def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng([self.seed, self.rank, worker_id, plan.epoch])
+        decoder = _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction))
+        buffer: list[tuple[str, str, Any]] = []
+        buffered_bytes = 0
+        pending: list[tuple[str, str, Any]] = []
+        while True:
+            shard = self.shards[rng.integers(len(self.shards))]
+            for key, members in iter_shard(shard.url, self.storage_options):
+                if key in shard.ignored:
+                    continue
+                buffer.append((shard.url, key, members))
+                buffered_bytes += sum(map(len, members.values())) if isinstance(members, dict) else 0
+                while buffer and buffered_bytes >= self.shuffle_buffer_bytes:
+                    item = buffer.pop(int(rng.integers(len(buffer))))
+                    buffered_bytes -= sum(map(len, item[2].values())) if isinstance(item[2], dict) else 0
+                    pending.append(item)
+                    if len(pending) == self.batch_size:
+                        batch = decoder.batch(pending)
+                        pending = []
+                        if batch is not None:
+                            yield batch
+
+
+class WDSDataModule(PlannedDataModule):
+    """WebDataset shards of precomputed tensors (latents, embeddings, pairs, paths) or any members.
+
+    Batches (FastGen's layout): ``fname`` (sample keys), ``shard`` (shard URLs), one entry per
+    ``key_map`` output (tensors stacked to [B, ...]), and the ``files_map`` / ``presets_map``
+    constants.
+
+    Epoch mode (default): every sample once per epoch across all GPUs and workers, each sample's
+    bytes read by exactly one worker, the same number of batches on every GPU, and a global
+    position in ``state_dict`` that resumes exactly on any number of GPUs. It needs per-shard
+    sample counts: an index (``prepare_data`` builds one for local data; ``fastgen index``
+    writes one for any location) or a ``shard_count_file``.
+
+    Args:
+        datatags: Datasets as ``"WDS:<location>"``; a location is a folder of ``.tar`` shards
+            (local, ``file://``, ``s3://``, ``gs://``, ``http(s)://``). Several datatags are one dataset.
+        batch_size: Samples per GPU per step.
+        key_map: Output key -> member suffix; only these members are decoded.
+            Example: ``{"real": "latent.pth", "condition": "txt_emb.pth"}``.
+        files_map: Output key -> file loaded once and repeated in every batch (relative paths
+            resolve against the first datatag's folder). Example: ``{"neg_condition": "neg_condition.pth"}``.
+        optional_files: ``files_map`` keys whose file may be missing (then the key is left out).
+        presets_map: Output key -> preset string name (``neg_prompt_wan``, ``neg_prompt_cosmos``, ``empty_string``).
+        presets_filter: Sample filters, e.g. ``{"score": {"threshold": 5.5, "score_key": "aesthetic_score"}}``
+            or ``{"empty_keys": ["condition"]}``. Filtered samples leave their batch smaller.
+        txt_extensions: Suffixes decoded as UTF-8 text.
+        allow_pickle: Suffixes whose pickle payloads may be loaded (e.g. ``["pkl"]``); trusted data only.
+        shard_start: First shard of each datatag (position in its sorted shard list).
+        shard_end: Last shard of each datatag, inclusive; None for the last.
+        num_shards: Truncate the shard list to this many, or repeat it cyclically up to it; None keeps all.
+        shard_count_file: JSON ``{"<shard file name>": samples}`` (relative to each datatag's folder,
+            or an absolute path/URL); used where no index exists.
+        ignore_index_paths: JSON files ``{"<shard file name>": ["<key>", ...]}`` of samples never
+            to yield (several merge); counts account for them.
+        deterministic: FastGen's fixed, unshuffled order, resumable with ``sampler_start_idx``.
+        train: False gives FastGen's single unshuffled pass for the training loader.
+        resampled: Endless stream drawing shards with replacement (FastGen's training
+            behaviour); no epochs, no exact resume, no counts needed.
+        shuffle: Shuffle shards and samples each epoch by ``(seed, epoch)``.
+        shuffle_window_bytes: Samples are shuffled within windows of about this many bytes of
+            the shard-shuffled sequence (a window, not a buffer: no memory is held for it).
+        shuffle_buffer_bytes: Shuffle buffer of ``resampled`` mode, in bytes.
+        sampler_start_idx: Global sample count to start at when no checkpoint is restored.
+        seed: Seed of every shuffle.
+        tail: Last step when it does not fill every GPU: "pad" or "drop" (see ``ImageFolderDataModule``).
+        val_datatags: Datatags of a validation set (same options): every sample once across
+            GPUs, unshuffled, nothing dropped.
+        max_skip_fraction: Share of bad samples (truncated, undecodable, missing keys) tolerated,
+            skipped and counted, before an error stops training.
+        skipped_index_dir: Folder where each reader writes the keys it skipped, in the
+            ignore-index format that ``ignore_index_paths`` accepts.
+        index_dir: Where ``prepare_data`` stores indexes of local datatags.
+        num_workers: DataLoader workers per GPU; None uses every core (up to 8).
+        pin_memory: Pin batches for the copy to the GPU.
+        normalize_on_device: Deliver uint8 pixels and scale them on the GPU (media families).
+        storage_options: fsspec options (endpoint, credentials) for remote locations.
+    """
+
+    default_key_map: dict[str, str] = {"real": "latent.pth", "condition": "txt_emb.pth"}
+    default_files_map: dict[str, str] = {}
+    default_presets_map: dict[str, str] = {}
+
+    def __init__(
+        self,
+        datatags: list[str],
+        batch_size: int = 32,
+        key_map: dict[str, str] | None = None,
+        files_map: dict[str, str] | None = None,
+        optional_files: list[str] | None = None,
+        presets_map: dict[str, str] | None = None,
+        presets_filter: dict[str, Any] | None = None,
+        txt_extensions: list[str] | None = None,
+        allow_pickle: list[str] | None = None,
+        shard_start: int = 0,
+        shard_end: int | None = None,
+        num_shards: int | None = None,
+        shard_count_file: str | None = None,
+        ignore_index_paths: list[str] | None = None,
+        deterministic: bool = False,
+        train: bool = True,
+        resampled: bool = False,
+        shuffle: bool = True,
+        shuffle_window_bytes: int = 64 << 20,
+        shuffle_buffer_bytes: int = 256 << 20,
+        sampler_start_idx: int = 0,
+        seed: int = 0,
+        tail: TailPolicy = "pad",
+        val_datatags: list[str] | None = None,
+        max_skip_fraction: float = 0.01,
+        skipped_index_dir: str | None = None,
+        index_dir: str | None = None,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
+        normalize_on_device: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        shuffle = shuffle and train and not deterministic
+        super().__init__(batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device)
+        self.save_hyperparameters()
+        self.datatags = list(datatags)
+        self.val_datatags = list(val_datatags or [])
+        self.spec = SampleSpec(
+            dict(self.default_key_map if key_map is None else key_map),
+            presets_filter,
+            tuple(txt_extensions or ("txt", "caption", "text")),
+            tuple(allow_pickle or ()),
+        )
+        self.files_map = dict(self.default_files_map if files_map is None else files_map)
+        # a family's default constant files may be absent (the key is then left out); a user's may not
+        self.optional_files = list(optional_files or (self.default_files_map if files_map is None else []))
+        self.presets_map = dict(self.default_presets_map if presets_map is None else presets_map)
+        self.shard_start, self.shard_end, self.num_shards = shard_start, shard_end, num_shards
+        self.shard_count_file = shard_count_file
+        self.ignore_index_paths = list(ignore_index_paths or [])
+        self.resampled = resampled
+        self.shuffle_window_bytes, self.shuffle_buffer_bytes = shuffle_window_bytes, shuffle_buffer_bytes
+        self.sampler_start_idx = sampler_start_idx
+        self.tail = tail
+        self.max_skip_fraction = max_skip_fraction
+        self.skipped_index_dir = skipped_index_dir
+        self.index_dir = index_dir or DEFAULT_INDEX_DIR
+        self.storage_options = storage_options
+        self._validate(train)
+        self.train_stream: PlannedStream | None = None
+        self.val_stream: WDSStream | None = None
+
+    def _validate(self, train: bool) -> None:
+        for tag in [*self.datatags, *self.val_datatags]:
+            parse_datatag(tag)
+        if not self.datatags:
+            raise ValueError("datatags is empty; give at least one 'WDS:<location>'")
+        if self.resampled and not train:
+            raise ValueError("resampled=True streams endlessly and cannot make the single pass of train=False")
+        overlap = set(self.files_map) & set(self.spec.key_map) | set(self.presets_map) & set(self.spec.key_map)
+        if overlap:
+            raise ValueError(f"keys {sorted(overlap)} are both in key_map and in files_map/presets_map; each output key has one source")
+        if self.shuffle_window_bytes < 1 or self.shuffle_buffer_bytes < 1:
+            raise ValueError("shuffle_window_bytes and shuffle_buffer_bytes must be positive")
+        if self.sampler_start_idx < 0:
+            raise ValueError(f"sampler_start_idx must be >= 0, got {self.sampler_start_idx}")
+        if self.tail not in ("pad", "drop"):
+            raise ValueError(f"tail {self.tail!r} is unknown; use 'pad' or 'drop'")
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Once per node: index local datatags that have no index yet (counts and byte offsets)."""
+        if self.resampled:
+            return
+        for tag in local_datatags_without_index([*self.datatags, *self.val_datatags], self.index_dir, self.storage_options):
+            location = parse_datatag(tag)
+            urls = [f.url for f in list_shards(location, self.storage_options, tag)]
+            logger.info("indexing %d shards of %s", len(urls), location)
+            shards = index_shards(urls, self.storage_options, partial_ok=True)
+            for shard in shards:
+                if shard.truncated_at is not None:
+                    logger.warning("%s is damaged at byte %d: only its %d samples before that are used", shard.url, shard.truncated_at, shard.count)
+            save_index(local_index_path(self.index_dir, location), shards, self.storage_options)
+
+    def _resolve(self, datatags: Sequence[str], need_counts: bool) -> list[Shard]:
+        return resolve_datatags(
+            datatags, self.shard_start, self.shard_end, self.num_shards, self.shard_count_file,
+            self.ignore_index_paths, self.index_dir, self.storage_options, need_counts,
+        )  # fmt: skip
+
+    def _constants(self) -> dict[str, Any]:
+        base = parse_datatag(self.datatags[0])
+        return load_constants(
+            self.files_map, self.presets_map, base, self.storage_options, self.optional_files,
+            txt_extensions=self.spec.txt_extensions, allow_pickle=self.spec.allow_pickle,
+        )  # fmt: skip
+
+    def _window(self, shards: Sequence[Shard]) -> int:
+        samples = sum(s.count for s in shards)
+        mean_bytes = max(1, sum(s.size for s in shards) // max(samples, 1))
+        return max(1, self.shuffle_window_bytes // mean_bytes)
+
+    def _check_keys(self, shards: Sequence[Shard], probes: int = 3) -> None:
+        """Fail early when a ``key_map`` suffix is in none of the first samples of a few shards."""
+        reader = ShardReader(self.storage_options)
+        seen: set[str] = set()
+        checked = [s for s in shards if s.count or s.index is None][:probes]
+        for shard in checked:
+            _, members = reader.read(shard, [0])[0]
+            if isinstance(members, dict):
+                seen |= set(members)
+        missing = [suffix for suffix in self.spec.key_map.values() if suffix not in seen]
+        if seen and missing:
+            raise ValueError(
+                f"key_map: no sample of the {len(checked)} shards checked has {missing}; their members are "
+                f"{sorted(seen)}. Fix key_map (output key -> member suffix)"
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_stream is not None:
+            return
+        constants = self._constants()
+        shards = self._resolve(self.datatags, need_counts=not self.resampled)
+        self._check_keys(shards)
+        if self.resampled:
+            self.train_stream = ResampledWDSStream(
+                shards, self.spec, constants, self.batch_size, self.seed, self.shuffle_buffer_bytes,
+                self.max_skip_fraction, self.storage_options,
+            )  # fmt: skip
+        else:
+            stream = WDSStream(
+                shards, self.spec, constants, self.batch_size, self.seed, self.shuffle, self.tail, self._window(shards),
+                self.max_skip_fraction, self.storage_options, self.skipped_index_dir,
+            )  # fmt: skip
+            if stream.num_samples == 0:
+                raise ValueError(f"datatags {self.datatags} hold no samples (after ignore_index_paths)")
+            if self.cursor is None:
+                n = stream.num_samples
+                self.cursor = Cursor(self.sampler_start_idx // n, self.sampler_start_idx % n)
+            self.train_stream = stream
+        if self.val_datatags:
+            val_shards = self._resolve(self.val_datatags, need_counts=True)
+            self.val_stream = WDSStream(
+                val_shards, self.spec, constants, self.batch_size, self.seed, False, "uneven", 1,
+                self.max_skip_fraction, self.storage_options, None,
+            )  # fmt: skip
+
+    def train_dataloader(self):
+        if self.train_stream is None:
+            self.setup("fit")
+        assert self.train_stream is not None
+        return self.make_loader(self.train_stream, None if self.resampled else self.cursor)
+
+    def val_dataloader(self):
+        if self.train_stream is None:
+            self.setup("validate")
+        if self.val_stream is None:
+            return []
+        return self.make_loader(self.val_stream, None)
