@@ -215,6 +215,10 @@ def _is_empty(value: Any) -> bool:
 # --- the sample spec -----------------------------------------------------------------------------
 
 
+def _passthrough(data: bytes) -> bytes:
+    return data
+
+
 @dataclass(frozen=True)
 class SampleSpec:
     """Which members of a WebDataset sample to decode, into which keys, and which samples to drop.
@@ -238,6 +242,8 @@ class SampleSpec:
             suffixes. E.g. ``("prompt",)`` makes ``prompt`` members strings.
         allow_pickle: Suffixes that may load through full pickle (default none), e.g. ``["pth"]`` for
             ``.pth`` files holding custom classes. Only for data you trust.
+        raw_keys: ``key_map`` outputs passed on as the member's bytes, undecoded: media families
+            decode those themselves (e.g. ``("real",)`` for a video family's ``mp4``).
 
     Raises:
         TypeError: A bare string where a list is expected.
@@ -250,6 +256,7 @@ class SampleSpec:
     presets_filter: Mapping[str, Any] | None = None
     txt_extensions: Sequence[str] = DEFAULT_TXT_EXTENSIONS
     allow_pickle: Sequence[str] = ()
+    raw_keys: Sequence[str] = ()
     _decoders: Mapping[str, Decoder] = field(init=False, repr=False, compare=False)
     _score: _Score | None = field(init=False, repr=False, compare=False)
     _empty_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -259,14 +266,20 @@ class SampleSpec:
         txt = tuple(ext.lower().lstrip(".") for ext in _check_names("txt_extensions", self.txt_extensions))
         allow = tuple(ext.lower().lstrip(".") for ext in _check_names("allow_pickle", self.allow_pickle))
         filters = self._validate_filters(self.presets_filter, key_map)
+        raw = tuple(_check_names("raw_keys", self.raw_keys))
+        unknown_raw = [key for key in raw if key not in key_map]
+        if unknown_raw:
+            raise ValueError(f"raw_keys {unknown_raw} are not key_map outputs ({sorted(key_map)})")
         decoders = {
-            key: _decoder_named(f"key_map[{key!r}]", suffix, txt, allow) for key, suffix in key_map.items()
+            key: _passthrough if key in raw else _decoder_named(f"key_map[{key!r}]", suffix, txt, allow)
+            for key, suffix in key_map.items()
         }
         set_ = functools.partial(object.__setattr__, self)
         set_("key_map", key_map)
         set_("presets_filter", None if self.presets_filter is None else dict(self.presets_filter))
         set_("txt_extensions", txt)
         set_("allow_pickle", allow)
+        set_("raw_keys", raw)
         set_("_decoders", decoders)
         set_("_score", filters.get("score"))
         set_("_empty_keys", filters.get("empty_keys", ()))

@@ -7,9 +7,10 @@ import logging
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from fastgen_dm.batch.wds import SampleFilteredOut, SampleSpec, load_constants, wds_batch
 from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream
@@ -32,12 +33,40 @@ DEFAULT_INDEX_DIR = "FASTGEN_OUTPUT/index"
 _NO_END = 1 << 62  # resampled streams never end: Lightning stops them with max_steps
 
 
-class _Decoder:
-    """Turns read samples into batches, counting bad and filtered ones (one per reader process)."""
+SampleTransform = Callable[[dict[str, Any]], dict[str, Any]]
 
-    def __init__(self, spec: SampleSpec, constants: Mapping[str, Any], policy: BadDataPolicy) -> None:
-        self.spec, self.constants, self.policy = spec, constants, policy
+#: Keys whose full shape must match across samples; other tensors must match in dtype and rank.
+FIXED_SHAPE_KEYS = ("real", "noise", "path")
+
+
+def _signature(value: Any) -> tuple[str, tuple[int, ...]] | None:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return str(value.dtype), tuple(value.shape)
+    return None
+
+
+class _Decoder:
+    """Turns read samples into batches, counting bad and filtered ones (one per reader process).
+
+    The first good sample fixes each tensor key's dtype and rank (and, for ``FIXED_SHAPE_KEYS``,
+    its shape); a later sample that differs is bad data, not a batch that fails to collate.
+    """
+
+    def __init__(self, spec: SampleSpec, constants: Mapping[str, Any], policy: BadDataPolicy, transform: SampleTransform | None = None) -> None:
+        self.spec, self.constants, self.policy, self.transform = spec, constants, policy, transform
         self.filtered = 0
+        self.schema: dict[str, tuple[str, tuple[int, ...]]] = {}
+
+    def _check_schema(self, sample: Mapping[str, Any]) -> None:
+        for key, value in sample.items():
+            signature = _signature(value)
+            if signature is None:
+                continue
+            expected = self.schema.setdefault(key, signature)
+            dtype, shape = signature
+            same_shape = shape == expected[1] if key in FIXED_SHAPE_KEYS else len(shape) == len(expected[1])
+            if dtype != expected[0] or not same_shape:
+                raise ValueError(f"{key!r} is {dtype}{list(shape)}, but earlier samples are {expected[0]}{list(expected[1])}")
 
     def batch(self, items: Sequence[tuple[str, str, Any]]) -> dict[str, Any] | None:
         """``items``: (shard url, key, members or exception); None when every sample was dropped."""
@@ -48,6 +77,9 @@ class _Decoder:
                 continue
             try:
                 sample = self.spec.decode(members)
+                if self.transform is not None:
+                    sample = self.transform(sample)
+                self._check_schema(sample)
             except SampleFilteredOut:
                 self.filtered += 1
                 self.policy.ok()
@@ -78,8 +110,10 @@ class WDSStream(PlannedStream):
         max_skip_fraction: float,
         storage_options: Mapping[str, Any] | None,
         skipped_index_dir: str | None = None,
+        transform: SampleTransform | None = None,
     ) -> None:
         self.shards = list(shards)
+        self.transform = transform
         self.offsets = shard_offsets([s.count for s in self.shards])
         self.spec, self.constants = spec, constants
         self.batch_size, self.seed, self.shuffle, self.tail, self.window = batch_size, seed, shuffle, tail, window
@@ -98,7 +132,7 @@ class WDSStream(PlannedStream):
         order = shard_epoch_order([s.count for s in self.shards], self.seed, plan.epoch, self.shuffle, self.window)
         batches = rank_batches(plan, self.rank, order)
         reader = ShardReader(self.storage_options)
-        decoder = _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction))
+        decoder = _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction), self.transform)
         previous = None
         try:
             for j in worker_batch_ids(len(batches), num_workers, worker_id):
@@ -153,8 +187,10 @@ class ResampledWDSStream(PlannedStream):
         shuffle_buffer_bytes: int,
         max_skip_fraction: float,
         storage_options: Mapping[str, Any] | None,
+        transform: SampleTransform | None = None,
     ) -> None:
         self.shards = list(shards)
+        self.transform = transform
         self.spec, self.constants, self.batch_size, self.seed = spec, constants, batch_size, seed
         self.shuffle_buffer_bytes = shuffle_buffer_bytes
         self.max_skip_fraction = max_skip_fraction
@@ -165,7 +201,7 @@ class ResampledWDSStream(PlannedStream):
 
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         rng = np.random.default_rng([self.seed, self.rank, worker_id, plan.epoch])
-        decoder = _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction))
+        decoder = _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction), self.transform)
         buffer: list[tuple[str, str, Any]] = []
         buffered_bytes = 0
         pending: list[tuple[str, str, Any]] = []
@@ -248,6 +284,12 @@ class WDSDataModule(PlannedDataModule):
     default_key_map: dict[str, str] = {"real": "latent.pth", "condition": "txt_emb.pth"}
     default_files_map: dict[str, str] = {}
     default_presets_map: dict[str, str] = {}
+    #: ``key_map`` outputs a family decodes itself in :meth:`sample_transform` (given as bytes).
+    raw_keys: tuple[str, ...] = ()
+
+    def sample_transform(self) -> SampleTransform | None:
+        """A picklable per-sample step after decoding (media families decode and crop here)."""
+        return None
 
     def __init__(
         self,
@@ -293,6 +335,7 @@ class WDSDataModule(PlannedDataModule):
             presets_filter,
             tuple(txt_extensions or ("txt", "caption", "text")),
             tuple(allow_pickle or ()),
+            tuple(k for k in self.raw_keys if k in (self.default_key_map if key_map is None else key_map)),
         )
         self.files_map = dict(self.default_files_map if files_map is None else files_map)
         # a family's default constant files may be absent (the key is then left out); a user's may not
@@ -388,12 +431,12 @@ class WDSDataModule(PlannedDataModule):
         if self.resampled:
             self.train_stream = ResampledWDSStream(
                 shards, self.spec, constants, self.batch_size, self.seed, self.shuffle_buffer_bytes,
-                self.max_skip_fraction, self.storage_options,
+                self.max_skip_fraction, self.storage_options, self.sample_transform(),
             )  # fmt: skip
         else:
             stream = WDSStream(
                 shards, self.spec, constants, self.batch_size, self.seed, self.shuffle, self.tail, self._window(shards),
-                self.max_skip_fraction, self.storage_options, self.skipped_index_dir,
+                self.max_skip_fraction, self.storage_options, self.skipped_index_dir, self.sample_transform(),
             )  # fmt: skip
             if stream.num_samples == 0:
                 raise ValueError(f"datatags {self.datatags} hold no samples (after ignore_index_paths)")
@@ -405,7 +448,7 @@ class WDSDataModule(PlannedDataModule):
             val_shards = self._resolve(self.val_datatags, need_counts=True)
             self.val_stream = WDSStream(
                 val_shards, self.spec, constants, self.batch_size, self.seed, False, "uneven", 1,
-                self.max_skip_fraction, self.storage_options, None,
+                self.max_skip_fraction, self.storage_options, None, self.sample_transform(),
             )  # fmt: skip
 
     def train_dataloader(self):

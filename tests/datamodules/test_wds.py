@@ -229,3 +229,28 @@ def test_remote_data_without_counts_says_how_to_index(latent_shards, tmp_path, m
     monkeypatch.setattr("fastgen_dm.index.datatags.is_local", lambda url: False)
     with pytest.raises(ValueError, match=re.escape(f"build the index with `fastgen index 'WDS:file://{latent_shards}'`")):
         dm.setup("fit")
+
+
+def test_a_sample_of_the_wrong_dtype_is_bad_data_not_a_collate_error(tmp_path):
+    import io
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for i in range(8):
+            for suffix, tensor in (("latent.pth", torch.zeros(3, dtype=torch.float16 if i == 5 else torch.float32)), ("txt_emb.pth", torch.zeros(2))):
+                buf = io.BytesIO()
+                torch.save(tensor, buf)
+                info = tarfile.TarInfo(f"{i:04d}.{suffix}")
+                info.size = len(buf.getvalue())
+                tar.addfile(info, io.BytesIO(buf.getvalue()))
+    dm = make(folder, tmp_path, batch_size=8, shuffle=False, max_skip_fraction=0.5)
+    (batch,) = list(dm.train_dataloader())
+    assert batch["real"].dtype == torch.float32 and "0005" not in batch["fname"]
+
+
+def test_deterministic_order_resumes_with_sampler_start_idx(latent_shards, tmp_path):
+    full = ids_of(make(latent_shards, tmp_path, deterministic=True).train_dataloader())
+    assert full == sorted(full)
+    late = make(latent_shards, tmp_path, deterministic=True, sampler_start_idx=NUM + 48)
+    assert ids_of(late.train_dataloader()) == full[48:]
