@@ -1,12 +1,15 @@
 """Helpers shared by the tests (fixtures live in conftest.py)."""
 
+import io
 import json
+import tarfile
 from collections import defaultdict
 from pathlib import Path
 
 import lightning
 import numpy as np
 import torch
+import webdataset
 
 from fastgen_dm.prepare import EDMZipWriter
 
@@ -56,3 +59,45 @@ def global_streams(record_dir: Path) -> dict[int, list[list]]:
 def flat(steps):
     """The samples of a list of steps, in order."""
     return [i for step in steps for i in step]
+
+
+def write_tar(path, members, fmt=tarfile.USTAR_FORMAT):
+    """Write ``members`` ((name, bytes) or (name, None) for a directory) in order; returns str path."""
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.mtime = 0
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def write_wds(path, samples):
+    with webdataset.TarWriter(str(path)) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return str(path)
+
+
+def latent_samples(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "__key__": f"a/b/{k:06d}",
+            "latent.pth": rng.bytes(int(rng.integers(1, 3000))),
+            "txt_emb.pth": rng.bytes(int(rng.integers(0, 700))),
+            "json": json.dumps({"k": k}).encode(),
+        }
+        for k in range(n)
+    ]
+
+
+def webdataset_samples(url):
+    return [
+        (s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")})
+        for s in webdataset.WebDataset(url, shardshuffle=False, empty_check=False)
+    ]

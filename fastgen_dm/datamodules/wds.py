@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -94,31 +94,30 @@ class _Decoder:
         return wds_batch(samples, fnames, shards, self.constants) if samples else None
 
 
+@dataclass(frozen=True)
+class SampleSource:
+    """What a stream reads and how it turns samples into batches (shared by both stream kinds)."""
+
+    shards: tuple[Shard, ...]
+    spec: SampleSpec
+    constants: Mapping[str, Any]
+    batch_size: int
+    seed: int
+    max_skip_fraction: float
+    storage_options: Mapping[str, Any] | None = None
+    transform: SampleTransform | None = None
+
+    def decoder(self) -> _Decoder:
+        return _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction), self.transform)
+
+
 class WDSStream(PlannedStream):
     """Batches of a sharded dataset following the sample plan (epoch mode)."""
 
-    def __init__(
-        self,
-        shards: Sequence[Shard],
-        spec: SampleSpec,
-        constants: Mapping[str, Any],
-        batch_size: int,
-        seed: int,
-        shuffle: bool,
-        tail: TailPolicy,
-        window: int,
-        max_skip_fraction: float,
-        storage_options: Mapping[str, Any] | None,
-        skipped_index_dir: str | None = None,
-        transform: SampleTransform | None = None,
-    ) -> None:
-        self.shards = list(shards)
-        self.transform = transform
-        self.offsets = shard_offsets([s.count for s in self.shards])
-        self.spec, self.constants = spec, constants
-        self.batch_size, self.seed, self.shuffle, self.tail, self.window = batch_size, seed, shuffle, tail, window
-        self.max_skip_fraction = max_skip_fraction
-        self.storage_options = storage_options
+    def __init__(self, source: SampleSource, shuffle: bool, tail: TailPolicy, window: int, skipped_index_dir: str | None = None) -> None:
+        self.source = source
+        self.offsets = shard_offsets([s.count for s in source.shards])
+        self.shuffle, self.tail, self.window = shuffle, tail, window
         self.skipped_index_dir = skipped_index_dir
 
     @property
@@ -126,13 +125,15 @@ class WDSStream(PlannedStream):
         return int(self.offsets[-1])
 
     def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        return SamplePlan(self.num_samples, self.batch_size, self.world_size, self.seed, epoch, self.shuffle, start, self.tail)
+        src = self.source
+        return SamplePlan(self.num_samples, src.batch_size, self.world_size, src.seed, epoch, self.shuffle, start, self.tail)
 
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        order = shard_epoch_order([s.count for s in self.shards], self.seed, plan.epoch, self.shuffle, self.window)
+        src = self.source
+        order = shard_epoch_order([s.count for s in src.shards], src.seed, plan.epoch, self.shuffle, self.window)
         batches = rank_batches(plan, self.rank, order)
-        reader = ShardReader(self.storage_options)
-        decoder = _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction), self.transform)
+        reader = ShardReader(src.storage_options)
+        decoder = src.decoder()
         previous = None
         try:
             for j in worker_batch_ids(len(batches), num_workers, worker_id):
@@ -155,7 +156,7 @@ class WDSStream(PlannedStream):
         items: list[Any] = [None] * len(ids)
         for s in np.unique(shard_ids):
             positions = np.flatnonzero(shard_ids == s)
-            shard = self.shards[s]
+            shard = self.source.shards[s]
             for k, (key, members) in zip(positions, reader.read(shard, local[positions])):
                 items[k] = (shard.url, key, members)
         return items
@@ -177,37 +178,23 @@ class ResampledWDSStream(PlannedStream):
     resume from; use epoch mode for exact resume.
     """
 
-    def __init__(
-        self,
-        shards: Sequence[Shard],
-        spec: SampleSpec,
-        constants: Mapping[str, Any],
-        batch_size: int,
-        seed: int,
-        shuffle_buffer_bytes: int,
-        max_skip_fraction: float,
-        storage_options: Mapping[str, Any] | None,
-        transform: SampleTransform | None = None,
-    ) -> None:
-        self.shards = list(shards)
-        self.transform = transform
-        self.spec, self.constants, self.batch_size, self.seed = spec, constants, batch_size, seed
+    def __init__(self, source: SampleSource, shuffle_buffer_bytes: int) -> None:
+        self.source = source
         self.shuffle_buffer_bytes = shuffle_buffer_bytes
-        self.max_skip_fraction = max_skip_fraction
-        self.storage_options = storage_options
 
     def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        return SamplePlan(_NO_END, self.batch_size, self.world_size, self.seed, epoch, shuffle=False)
+        return SamplePlan(_NO_END, self.source.batch_size, self.world_size, self.source.seed, epoch, shuffle=False)
 
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        rng = np.random.default_rng([self.seed, self.rank, worker_id, plan.epoch])
-        decoder = _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction), self.transform)
+        src = self.source
+        rng = np.random.default_rng([src.seed, self.rank, worker_id, plan.epoch])
+        decoder = src.decoder()
         buffer: list[tuple[str, str, Any]] = []
         buffered_bytes = 0
         pending: list[tuple[str, str, Any]] = []
         while True:
-            shard = self.shards[rng.integers(len(self.shards))]
-            for key, members in iter_shard(shard.url, self.storage_options):
+            shard = src.shards[rng.integers(len(src.shards))]
+            for key, members in iter_shard(shard.url, src.storage_options):
                 if key in shard.ignored:
                     continue
                 buffer.append((shard.url, key, members))
@@ -216,7 +203,7 @@ class ResampledWDSStream(PlannedStream):
                     item = buffer.pop(int(rng.integers(len(buffer))))
                     buffered_bytes -= sum(map(len, item[2].values())) if isinstance(item[2], dict) else 0
                     pending.append(item)
-                    if len(pending) == self.batch_size:
+                    if len(pending) == src.batch_size:
                         batch = decoder.batch(pending)
                         pending = []
                         if batch is not None:
@@ -401,6 +388,12 @@ class WDSDataModule(PlannedDataModule):
             txt_extensions=self.spec.txt_extensions, allow_pickle=self.spec.allow_pickle,
         )  # fmt: skip
 
+    def _source(self, shards: Sequence[Shard], constants: Mapping[str, Any]) -> SampleSource:
+        return SampleSource(
+            tuple(shards), self.spec, constants, self.batch_size, self.seed, self.max_skip_fraction,
+            self.storage_options, self.sample_transform(),
+        )  # fmt: skip
+
     def _window(self, shards: Sequence[Shard]) -> int:
         samples = sum(s.count for s in shards)
         mean_bytes = max(1, sum(s.size for s in shards) // max(samples, 1))
@@ -428,16 +421,11 @@ class WDSDataModule(PlannedDataModule):
         constants = self._constants()
         shards = self._resolve(self.datatags, need_counts=not self.resampled)
         self._check_keys(shards)
+        source = self._source(shards, constants)
         if self.resampled:
-            self.train_stream = ResampledWDSStream(
-                shards, self.spec, constants, self.batch_size, self.seed, self.shuffle_buffer_bytes,
-                self.max_skip_fraction, self.storage_options, self.sample_transform(),
-            )  # fmt: skip
+            self.train_stream = ResampledWDSStream(source, self.shuffle_buffer_bytes)
         else:
-            stream = WDSStream(
-                shards, self.spec, constants, self.batch_size, self.seed, self.shuffle, self.tail, self._window(shards),
-                self.max_skip_fraction, self.storage_options, self.skipped_index_dir, self.sample_transform(),
-            )  # fmt: skip
+            stream = WDSStream(source, self.shuffle, self.tail, self._window(shards), self.skipped_index_dir)
             if stream.num_samples == 0:
                 raise ValueError(f"datatags {self.datatags} hold no samples (after ignore_index_paths)")
             if self.cursor is None:
@@ -445,11 +433,8 @@ class WDSDataModule(PlannedDataModule):
                 self.cursor = Cursor(self.sampler_start_idx // n, self.sampler_start_idx % n)
             self.train_stream = stream
         if self.val_datatags:
-            val_shards = self._resolve(self.val_datatags, need_counts=True)
-            self.val_stream = WDSStream(
-                val_shards, self.spec, constants, self.batch_size, self.seed, False, "uneven", 1,
-                self.max_skip_fraction, self.storage_options, None, self.sample_transform(),
-            )  # fmt: skip
+            val_source = self._source(self._resolve(self.val_datatags, need_counts=True), constants)
+            self.val_stream = WDSStream(val_source, shuffle=False, tail="uneven", window=1)
 
     def train_dataloader(self):
         if self.train_stream is None:

@@ -18,7 +18,7 @@ def test_index_then_train_from_s3(s3_server, s3_bucket, tmp_path, capsys):
     dm = PairDataModule([f"WDS:{location}"], batch_size=4, num_workers=2, storage_options=s3_server.storage_options)
     dm.prepare_data()
     dm.setup("fit")
-    assert all(s.index is not None for s in dm.train_stream.shards)  # offsets from the index in the bucket
+    assert all(s.index is not None for s in dm.train_stream.source.shards)  # offsets from the index in the bucket
     batches = list(dm.train_dataloader())
     keys = [k for b in batches for k in b["fname"]]
     assert sorted(keys) == [f"{i:08d}" for i in range(30)]

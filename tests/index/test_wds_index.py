@@ -1,7 +1,6 @@
 """fastgen_dm.index.wds: sample keys and byte ranges of tar shards, and the index file."""
 
 import gzip
-import io
 import json
 import logging
 import os
@@ -16,6 +15,8 @@ import pytest
 import webdataset
 from fsspec.implementations.memory import MemoryFileSystem
 
+from helpers import latent_samples, webdataset_samples, write_tar, write_wds
+
 from fastgen_dm.index import wds
 from fastgen_dm.index.wds import (
     ByteCounter,
@@ -28,48 +29,6 @@ from fastgen_dm.index.wds import (
     split_name,
 )
 from fastgen_dm.read.tar import split_sample
-
-
-def write_tar(path, members, fmt=tarfile.USTAR_FORMAT):
-    """Write ``members`` ((name, bytes) or (name, None) for a directory) in order; returns str path."""
-    with tarfile.open(path, "w", format=fmt) as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.mtime = 0
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tf.addfile(info)
-            else:
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-    return str(path)
-
-
-def write_wds(path, samples):
-    with webdataset.TarWriter(str(path)) as writer:
-        for sample in samples:
-            writer.write(sample)
-    return str(path)
-
-
-def latent_samples(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [
-        {
-            "__key__": f"a/b/{k:06d}",
-            "latent.pth": rng.bytes(int(rng.integers(1, 3000))),
-            "txt_emb.pth": rng.bytes(int(rng.integers(0, 700))),
-            "json": json.dumps({"k": k}).encode(),
-        }
-        for k in range(n)
-    ]
-
-
-def webdataset_samples(url):
-    return [
-        (s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")})
-        for s in webdataset.WebDataset(url, shardshuffle=False, empty_check=False)
-    ]
 
 
 def samples_by_offsets(index):

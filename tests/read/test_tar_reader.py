@@ -1,7 +1,6 @@
 """fastgen_dm.read.tar: exact byte runs of tar shards, samples split out of them, whole-shard reads."""
 
 import io
-import json
 import re
 import tarfile
 import uuid
@@ -9,26 +8,13 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
-import webdataset
 from fsspec.implementations.memory import MemoryFileSystem
+
+from helpers import latent_samples, webdataset_samples, write_tar, write_wds
 
 import fastgen_dm.index
 from fastgen_dm.index import ByteCounter, index_shard
 from fastgen_dm.read import ShardReadError, iter_shard, read_runs, split_sample
-
-
-def write_tar(path, members, fmt=tarfile.USTAR_FORMAT):
-    """Write ``members`` ((name, bytes) or (name, None) for a directory) in order; returns str path."""
-    with tarfile.open(path, "w", format=fmt) as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tf.addfile(info)
-            else:
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-    return str(path)
 
 
 def tar_bytes(members, fmt=tarfile.USTAR_FORMAT):
@@ -39,33 +25,6 @@ def tar_bytes(members, fmt=tarfile.USTAR_FORMAT):
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def write_wds(path, samples):
-    with webdataset.TarWriter(str(path)) as writer:
-        for sample in samples:
-            writer.write(sample)
-    return str(path)
-
-
-def latent_samples(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [
-        {
-            "__key__": f"a/b/{k:06d}",
-            "latent.pth": rng.bytes(int(rng.integers(1, 3000))),
-            "txt_emb.pth": rng.bytes(int(rng.integers(0, 700))),
-            "json": json.dumps({"k": k}).encode(),
-        }
-        for k in range(n)
-    ]
-
-
-def webdataset_samples(url):
-    return [
-        (s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")})
-        for s in webdataset.WebDataset(url, shardshuffle=False, empty_check=False)
-    ]
 
 
 @pytest.fixture
