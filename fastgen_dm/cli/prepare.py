@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import pickle
 from pathlib import Path
 
 from fastgen_dm.datamodules.edm_zip import data_root
@@ -37,6 +39,37 @@ def _prepare_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_cifar10(args: argparse.Namespace) -> int:
+    from fastgen_dm.prepare import cifar10
+
+    path = _output_dir(args) / "cifar10" / cifar10.CIFAR10_ZIP_NAME
+    existed = path.exists() and not args.force
+    cifar10.prepare_cifar10(path, source=args.source, force=args.force)
+    if existed:
+        print(f"{path} exists and passed its check (use --force to rewrite it)")
+    else:
+        print(f"wrote the {cifar10.CIFAR10_TRAIN_IMAGES} CIFAR-10 training images to {path}")
+    return 0
+
+
+def _prepare_imagenet_64(args: argparse.Namespace) -> int:
+    from fastgen_dm.prepare.imagenet import prepare_imagenet_64
+
+    report = prepare_imagenet_64(
+        args.imagenet_source, _output_dir(args), workers=args.workers, force=args.force, on_bad_image=args.on_bad_image
+    )
+    for path in report.outputs.values():
+        if path in report.written:
+            print(f"wrote {report.images} images to {path}")
+        else:
+            print(f"{path} exists and passed its check (use --force to rewrite it)")
+    if report.bad:
+        print(f"left out {len(report.bad)} unreadable images:")
+        for path, reason in report.bad:
+            print(f"  {path}: {reason}")
+    return 0
+
+
 def build_parser(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -63,6 +96,43 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--seed", type=int, default=0, help="seed of the drawing and the shards (default: 0)")
     demo.set_defaults(handler=_prepare_demo)
 
+    cifar10 = datasets.add_parser(
+        "cifar10",
+        parents=[common],
+        help="CIFAR-10 training set (50000 32x32 images) as cifar10/cifar10-32x32.zip",
+        description="Write cifar10/cifar10-32x32.zip exactly as EDM's dataset_tool.py does from the official "
+        "cifar-10-python.tar.gz (downloaded to cifar10/ when --source is not given; MD5-checked). "
+        "An existing zip is checked and kept. Example: fastgen prepare cifar10 --source ~/cifar-10-python.tar.gz",
+    )
+    cifar10.add_argument(
+        "--source", help="local cifar-10-python.tar.gz (default: download it from www.cs.toronto.edu)"
+    )
+    cifar10.set_defaults(handler=_prepare_cifar10)
+
+    imagenet = datasets.add_parser(
+        "imagenet-64",
+        parents=[common],
+        help="ImageNet train at 64x64: imagenet-64/imagenet-64x64.zip (EDM crop) and imagenet-64x64-edmv2.zip (ADM crop)",
+        description="Write imagenet-64/imagenet-64x64.zip (EDM center-crop + Lanczos) and "
+        "imagenet-64/imagenet-64x64-edmv2.zip (ADM/EDM2 center-crop-dhariwal) from "
+        "DIR/ILSVRC/Data/CLS-LOC/train/<wnid>/*.JPEG; labels are wnid indices in sorted order. "
+        "ImageNet cannot be downloaded for you. Existing zips are checked and kept. "
+        "Example: fastgen prepare imagenet-64 --imagenet-source /data/imagenet --workers 32",
+    )
+    imagenet.add_argument(
+        "--imagenet-source", required=True, metavar="DIR", help="folder holding ILSVRC/Data/CLS-LOC/train"
+    )
+    imagenet.add_argument(
+        "--workers", type=int, default=os.cpu_count(), help=f"decoding processes (default: every core, {os.cpu_count()})"
+    )
+    imagenet.add_argument(
+        "--on-bad-image",
+        choices=("fail", "skip"),
+        default="fail",
+        help="an unreadable image stops the run (fail, default) or is left out and listed (skip)",
+    )
+    imagenet.set_defaults(handler=_prepare_imagenet_64)
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fastgen prepare", description="Write datasets in the formats the DataModules read.")
@@ -70,5 +140,5 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
         parser.exit(2, f"fastgen prepare {args.dataset}: error: {err}\n")

@@ -21,6 +21,15 @@ class ImageNet64DataModule(ImageFolderDataModule):
     def __init__(self, dataset_path: str | None = None, resolution: int | None = 64, **kwargs: Any) -> None:
         super().__init__(dataset_path=dataset_path, resolution=resolution, **kwargs)
 
+    def _missing_message(self) -> str:
+        # ImageNet cannot be downloaded for the user: say how to make the zips from their copy.
+        return (
+            f"dataset_path {self.dataset_path!r} does not exist, and ImageNet cannot be downloaded for you; "
+            "write it from your ImageNet copy with `fastgen prepare imagenet-64 --imagenet-source DIR` "
+            "(DIR holds ILSVRC/Data/CLS-LOC/train; add --output-dir for a data root other than $DATA_ROOT_DIR), "
+            "or pass s3_path to fetch an existing zip"
+        )
+
 
 class ImageNet64EDMv2DataModule(ImageNet64DataModule):
     """ImageNet 64x64 with the ADM/EDM2 ``center-crop-dhariwal`` crop.

@@ -61,6 +61,13 @@ def member_name(index: int, member_prefix: str = "img", suffix: str = ".png") ->
     return f"{digits[:5]}/{member_prefix}{separator}{digits}{suffix}"
 
 
+def png_bytes(pil: PIL.Image.Image) -> bytes:
+    """A PNG encoded as EDM's dataset tool encodes it (``compress_level=0``, no optimization)."""
+    buffer = io.BytesIO()
+    pil.save(buffer, format="png", compress_level=0, optimize=False)
+    return buffer.getvalue()
+
+
 class EDMZipWriter:
     """Context manager that writes an EDM-format zip of PNG images or ``.npy`` arrays.
 
@@ -161,9 +168,17 @@ class EDMZipWriter:
             raise TypeError(f"img must be a numpy array or a PIL Image, got {type(img).__name__}")
         channels = 3 if pil.mode == "RGB" else 1
         signature = self._check_item("png", (pil.height, pil.width, channels), "uint8", label)
-        buffer = io.BytesIO()
-        pil.save(buffer, format="png", compress_level=0, optimize=False)
-        return self._add(".png", buffer.getvalue(), label, signature)
+        return self._add(".png", png_bytes(pil), label, signature)
+
+    def add_png_bytes(self, png: bytes, label: int | None, shape: tuple[int, int, int]) -> int:
+        """Add a PNG encoded elsewhere (e.g. in a worker process) exactly as :meth:`add_image` encodes.
+
+        Args:
+            png: The PNG file's bytes, from :func:`encode_png`.
+            label: Class index >= 0, or None for an unlabelled dataset.
+            shape: (height, width, channels) of the image, checked against the other items.
+        """
+        return self._add(".png", png, label, self._check_item("png", shape, "uint8", label))
 
     def add_array(self, array: np.ndarray, label: int | None = None) -> int:
         """Append an array as a ``.npy`` member (``np.save`` with ``allow_pickle=False``).
