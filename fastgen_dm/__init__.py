@@ -8,9 +8,11 @@ from fastgen_dm.datamodules import (
     ImageNet64DataModule,
     ImageNet64EDMv2DataModule,
     ImageNet256DataModule,
+    ImageWDSDataModule,
     PairDataModule,
     PathDataModule,
     VideoLatentDataModule,
+    VideoWDSDataModule,
     WDSDataModule,
 )
 
@@ -24,9 +26,11 @@ __all__ = [
     "ImageNet256DataModule",
     "ImageNet64DataModule",
     "ImageNet64EDMv2DataModule",
+    "ImageWDSDataModule",
     "PairDataModule",
     "PathDataModule",
     "VideoLatentDataModule",
+    "VideoWDSDataModule",
     "WDSDataModule",
     "__version__",
 ]

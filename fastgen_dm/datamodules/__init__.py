@@ -5,7 +5,9 @@ from fastgen_dm.datamodules.cifar10 import CIFAR10DataModule
 from fastgen_dm.datamodules.demo import DemoDataModule
 from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
 from fastgen_dm.datamodules.imagenet import ImageNet64DataModule, ImageNet64EDMv2DataModule, ImageNet256DataModule
+from fastgen_dm.datamodules.images import ImageWDSDataModule
 from fastgen_dm.datamodules.latents import ImageLatentDataModule, PairDataModule, PathDataModule, VideoLatentDataModule
+from fastgen_dm.datamodules.videos import VideoWDSDataModule
 from fastgen_dm.datamodules.wds import WDSDataModule
 
 __all__ = [
@@ -16,11 +18,13 @@ __all__ = [
     "ImageNet256DataModule",
     "ImageNet64DataModule",
     "ImageNet64EDMv2DataModule",
+    "ImageWDSDataModule",
     "PairDataModule",
     "PathDataModule",
     "PlannedDataLoader",
     "PlannedDataModule",
     "PlannedStream",
     "VideoLatentDataModule",
+    "VideoWDSDataModule",
     "WDSDataModule",
 ]

@@ -1,0 +1,195 @@
+"""Raw videos in WebDataset shards, with FastGen's ``VideoWDSLoader`` defaults.
+
+Each worker decodes only the frames of each sample's clip (backends seek to the keyframe before
+the clip), resizes them to cover ``img_size`` and center crops. Batches::
+
+    {"fname": [B keys], "shard": [B URLs],
+     "real": uint8 [B, 3, sequence_length, H, W] (float32 in [-1, 1] after the transfer to the device),
+     "condition": [B strings], "cropping_params": [B dicts], "neg_condition": [B x the neg_prompt_wan string]}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from fastgen_dm.datamodules.wds import WDSDataModule, WDSStream
+from fastgen_dm.decode.video import Backend, validate_backend
+from fastgen_dm.read.wds import ShardReader
+from fastgen_dm.transform.video import (
+    DECODER_TYPES,
+    SHORT_VIDEO_POLICIES,
+    DecoderType,
+    EncodedVideo,
+    ShortVideo,
+    VideoClipTransform,
+)
+
+
+class _ClipOriginStream(WDSStream):
+    """A :class:`WDSStream` that hands each video member to the transform with its origin.
+
+    The transform seeds each clip's start with (seed, epoch, shard URL, key), which the generic
+    transform hook does not see; this stream wraps the video members' bytes in
+    :class:`EncodedVideo` as it reads them.
+    """
+
+    video_suffixes: tuple[str, ...] = ()
+    _epoch: int = 0
+
+    @classmethod
+    def of(cls, stream: WDSStream, video_suffixes: Sequence[str]) -> _ClipOriginStream:
+        tagged = cls.__new__(cls)
+        tagged.__dict__.update(vars(stream))
+        tagged.video_suffixes = tuple(video_suffixes)
+        return tagged
+
+    def iter_batches(self, plan: Any, worker_id: int, num_workers: int):
+        self._epoch = plan.epoch
+        return super().iter_batches(plan, worker_id, num_workers)
+
+    def _read(self, ids: np.ndarray, reader: ShardReader) -> list[tuple[str, str, Any]]:
+        items = super()._read(ids, reader)
+        for url, key, members in items:
+            if isinstance(members, dict):
+                for suffix in self.video_suffixes:
+                    if suffix in members:
+                        members[suffix] = EncodedVideo(members[suffix], url, key, self._epoch)
+        return items
+
+
+class VideoWDSDataModule(WDSDataModule):
+    """Raw videos (``mp4``, ``webm``, ``avi``, ``mov``, ...) and captions, as FastGen's ``VideoWDSLoader``.
+
+    Every argument of :class:`WDSDataModule` applies (epoch mode, resume, bad-data ceiling, ...).
+    A video that does not decode, has no video stream, is empty, is too short for the clip
+    (``short_video="skip"``) or takes longer than ``decode_timeout_s`` is bad data: skipped,
+    counted and logged like any other.
+
+    Args:
+        datatags: Datasets as ``"WDS:<location>"``.
+        batch_size: Samples per GPU per step (FastGen's default for video: 2).
+        sequence_length: Frames per clip.
+        img_size: Output (width, height): frames are resized to cover it (aspect preserved) and
+            center-cropped.
+        video_keys: ``key_map`` outputs that hold videos. With several, each gets its own
+            ``<key>_cropping_params``; with one, the batch has ``cropping_params``.
+        decoder_type: ``"segment"``: a clip from a random start, drawn per sample from
+            ``(seed, epoch, shard URL, key)`` (the same on every run and any number of workers).
+            ``"full"``: the first ``sequence_length`` frames (FastGen's ``full`` decodes the whole
+            video and keeps those; here only they are decoded). ``"uniform"``: ``sequence_length``
+            frames evenly spaced over the whole video.
+        frame_stride: Take every ``frame_stride``-th frame (1: consecutive frames); not with ``"uniform"``.
+        backend: Decoder: ``"decord"``, ``"torchcodec"`` or ``"pyav"``. All give the same
+            frames; they differ in speed (see ``benchmarks/bench_video.py``).
+        short_video: A video with fewer frames than the clip spans: ``"skip"`` it (bad data, as
+            FastGen does) or ``"pad"`` it by repeating its last frame.
+        decode_timeout_s: Bound on opening a video and on decoding its clip, in seconds; None for
+            none. A timed-out decode is abandoned in a helper thread (native code cannot be
+            stopped; see :mod:`fastgen_dm.decode.video`) and the sample is skipped.
+        exact_resize: True: FastGen's resize (torchvision's antialiased bicubic, bit for bit).
+            False: torch's uint8 kernel, about 3.5x faster when frames need resizing.
+        num_workers: DataLoader workers per GPU.
+        normalize_on_device: Deliver uint8 clips and scale them to [-1, 1] after the transfer to
+            the device (4x less to copy); False scales them in the workers (float32).
+        key_map: Output key -> member suffix (default ``{"real": "mp4", "condition": "txt"}``).
+        presets_map: Default ``{"neg_condition": "neg_prompt_wan"}``.
+        **kwargs: Every other argument of :class:`WDSDataModule`.
+    """
+
+    default_key_map = {"real": "mp4", "condition": "txt"}
+    default_presets_map = {"neg_condition": "neg_prompt_wan"}
+
+    def __init__(
+        self,
+        datatags: list[str],
+        batch_size: int = 2,
+        sequence_length: int = 81,
+        img_size: tuple[int, int] = (832, 480),
+        video_keys: tuple[str, ...] = ("real",),
+        decoder_type: DecoderType = "segment",
+        frame_stride: int = 1,
+        backend: Backend = "decord",
+        short_video: ShortVideo = "skip",
+        decode_timeout_s: float | None = 30.0,
+        exact_resize: bool = True,
+        num_workers: int | None = 2,
+        normalize_on_device: bool = True,
+        key_map: dict[str, str] | None = None,
+        presets_map: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        video_keys = (video_keys,) if isinstance(video_keys, str) else tuple(video_keys)
+        _validate_video_args(sequence_length, img_size, video_keys, decoder_type, frame_stride, backend, short_video, decode_timeout_s)
+        outputs = self.default_key_map if key_map is None else key_map
+        missing = [key for key in video_keys if key not in outputs]
+        if missing:
+            raise ValueError(
+                f"video_keys {missing} are not key_map outputs ({sorted(outputs)}); "
+                f"map each to its video member, e.g. key_map={{{missing[0]!r}: 'mp4', ...}}"
+            )
+        self.raw_keys = video_keys  # decoded by the clip transform, not by the member decoder table
+        super().__init__(
+            datatags=datatags, batch_size=batch_size, key_map=key_map, presets_map=presets_map,
+            num_workers=num_workers, normalize_on_device=normalize_on_device, **kwargs,
+        )  # fmt: skip
+        self.device_scaled_keys = video_keys
+        self.sequence_length, self.img_size = sequence_length, (int(img_size[0]), int(img_size[1]))
+        self.video_keys, self.decoder_type, self.frame_stride = video_keys, decoder_type, frame_stride
+        self.backend, self.short_video, self.decode_timeout_s = backend, short_video, decode_timeout_s
+        self.exact_resize = exact_resize
+
+    def sample_transform(self) -> VideoClipTransform:
+        return VideoClipTransform(
+            sequence_length=self.sequence_length, img_size=self.img_size, video_keys=self.video_keys,
+            decoder_type=self.decoder_type, frame_stride=self.frame_stride, short_video=self.short_video,
+            backend=self.backend, decode_timeout_s=self.decode_timeout_s, seed=self.seed,
+            scale=not self.normalize_on_device, exact_resize=self.exact_resize,
+        )  # fmt: skip
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        suffixes = [self.spec.key_map[key] for key in self.video_keys]
+        # Epoch streams tag video members with their origin, which seeds each clip; the resampled
+        # stream has no position to reproduce and leaves them as bytes.
+        if type(self.train_stream) is WDSStream:
+            self.train_stream = _ClipOriginStream.of(self.train_stream, suffixes)
+        if type(self.val_stream) is WDSStream:
+            self.val_stream = _ClipOriginStream.of(self.val_stream, suffixes)
+
+
+def _validate_video_args(
+    sequence_length: int,
+    img_size: Any,
+    video_keys: tuple[str, ...],
+    decoder_type: str,
+    frame_stride: int,
+    backend: str,
+    short_video: str,
+    decode_timeout_s: float | None,
+) -> None:
+    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 1:
+        raise ValueError(f"sequence_length must be an integer >= 1 (frames per clip), got {sequence_length!r}; e.g. 81")
+    if (
+        not isinstance(img_size, Sequence)
+        or len(img_size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in img_size)
+    ):
+        raise ValueError(f"img_size must be (width, height) in pixels, two integers >= 1, got {img_size!r}; e.g. (832, 480)")
+    if not video_keys or not all(isinstance(k, str) and k for k in video_keys):
+        raise ValueError(f"video_keys must name at least one key_map output, got {video_keys!r}; e.g. ('real',)")
+    if decoder_type not in DECODER_TYPES:
+        raise ValueError(f"decoder_type {decoder_type!r} is unknown; use one of {list(DECODER_TYPES)}")
+    if isinstance(frame_stride, bool) or not isinstance(frame_stride, int) or frame_stride < 1:
+        raise ValueError(f"frame_stride must be an integer >= 1, got {frame_stride!r}")
+    if decoder_type == "uniform" and frame_stride != 1:
+        raise ValueError(f"decoder_type='uniform' spaces frames over the whole video; frame_stride={frame_stride} conflicts, leave it at 1")
+    validate_backend(backend)
+    if short_video not in SHORT_VIDEO_POLICIES:
+        raise ValueError(f"short_video {short_video!r} is unknown; use one of {list(SHORT_VIDEO_POLICIES)}")
+    if decode_timeout_s is not None and not decode_timeout_s > 0:
+        raise ValueError(f"decode_timeout_s must be > 0 seconds or None (no bound), got {decode_timeout_s!r}")
+
+
+__all__ = ["VideoWDSDataModule"]
