@@ -70,6 +70,37 @@ def _prepare_imagenet_64(args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices(value: str) -> int | str:
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _prepare_imagenet_256(args: argparse.Namespace) -> int:
+    from fastgen_dm.prepare.latents import DEFAULT_VAE, prepare_imagenet_256
+
+    report = prepare_imagenet_256(
+        args.imagenet_source,
+        _output_dir(args),
+        vae=args.vae or DEFAULT_VAE,
+        batch_size=args.batch_size,
+        devices=args.devices,
+        precision=args.precision,
+        workers=args.workers,
+        loader_workers=args.loader_workers,
+        force=args.force,
+        on_bad_image=args.on_bad_image,
+    )
+    for path in (report.images_zip, report.latents_zip):
+        if path in report.written:
+            print(f"wrote {report.images} {'latents' if path == report.latents_zip else 'images'} to {path}")
+        else:
+            print(f"{path} exists and passed its check (use --force to rewrite it)")
+    if report.bad:
+        print(f"left out {len(report.bad)} unreadable images:")
+        for path, reason in report.bad:
+            print(f"  {path}: {reason}")
+    return 0
+
+
 def build_parser(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -133,6 +164,55 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     )
     imagenet.set_defaults(handler=_prepare_imagenet_64)
 
+    imagenet256 = datasets.add_parser(
+        "imagenet-256",
+        parents=[common],
+        help="ImageNet train at 256x256 (ADM crop) and its SD-VAE latents: imagenet-256/imagenet_256_sd.zip",
+        description="Write imagenet-256/imagenet-256x256.zip (ADM/EDM2 center-crop-dhariwal at 256) from "
+        "DIR/ILSVRC/Data/CLS-LOC/train/<wnid>/*.JPEG, then imagenet-256/imagenet_256_sd.zip: each image's "
+        "Stable Diffusion VAE posterior mean and std, float32 (8, 32, 32), members "
+        "00000/img-mean-std-00000000.npy, same labels. Needs pip install 'fastgen-dm[vae]'. Encodes with "
+        "Lightning on every GPU by default (several devices: ddp_spawn). Existing zips are checked and kept. "
+        "Example: fastgen prepare imagenet-256 --imagenet-source /data/imagenet --devices 8",
+    )
+    imagenet256.add_argument(
+        "--imagenet-source", required=True, metavar="DIR", help="folder holding ILSVRC/Data/CLS-LOC/train"
+    )
+    imagenet256.add_argument(
+        "--vae",
+        metavar="PATH_OR_NAME",
+        help="AutoencoderKL folder (save_pretrained) or hub name (default: stabilityai/sd-vae-ft-mse)",
+    )
+    imagenet256.add_argument("--batch-size", type=int, default=64, help="images per device per step (default: 64)")
+    imagenet256.add_argument(
+        "--devices",
+        type=_devices,
+        default="auto",
+        help="Lightning devices: auto (every GPU, else 1 CPU), N, or 0,1 (default: auto)",
+    )
+    imagenet256.add_argument(
+        "--precision",
+        choices=("32-true", "bf16-mixed"),
+        default="32-true",
+        help="VAE precision: 32-true (fp32 with TF32 off; default) or bf16-mixed (faster on GPUs, less exact)",
+    )
+    imagenet256.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help=f"JPEG decoding processes (default: every core, {os.cpu_count()})",
+    )
+    imagenet256.add_argument(
+        "--loader-workers", type=int, default=2, help="DataLoader workers per device while encoding (default: 2)"
+    )
+    imagenet256.add_argument(
+        "--on-bad-image",
+        choices=("fail", "skip"),
+        default="fail",
+        help="an unreadable image stops the run (fail, default) or is left out and listed (skip)",
+    )
+    imagenet256.set_defaults(handler=_prepare_imagenet_256)
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fastgen prepare", description="Write datasets in the formats the DataModules read.")
@@ -140,5 +220,5 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
+    except (ValueError, FileNotFoundError, ImportError, pickle.UnpicklingError) as err:
         parser.exit(2, f"fastgen prepare {args.dataset}: error: {err}\n")
