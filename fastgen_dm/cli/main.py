@@ -12,11 +12,14 @@ from fastgen_dm import __version__
 
 
 def _tools() -> dict[str, tuple[str, Callable[[list[str]], int]]]:
-    from fastgen_dm.cli import index, prepare
+    from fastgen_dm.cli import bench, index, prepare, show, verify
 
     return {
         "prepare": ("Write a dataset in the format a DataModule reads (demo, ...).", prepare.main),
         "index": ("Index WebDataset shards: sample counts and byte offsets for exact epochs.", index.main),
+        "verify": ("Decode every sample once; list the bad ones and write an ignore index.", verify.main),
+        "bench": ("Measure a DataModule's loader: samples/s, MB/s, data wait, against raw reads.", bench.main),
+        "show": ("Draw one batch as a picture: image grid, video frame strips, latent channels.", show.main),
     }
 
 
