@@ -12,51 +12,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 
-from fastgen_dm.datamodules.wds import WDSDataModule, WDSStream
+from fastgen_dm.datamodules.wds import WDSDataModule
 from fastgen_dm.decode.video import Backend, validate_backend
-from fastgen_dm.read.wds import ShardReader
 from fastgen_dm.transform.video import (
     DECODER_TYPES,
     SHORT_VIDEO_POLICIES,
     DecoderType,
-    EncodedVideo,
     ShortVideo,
     VideoClipTransform,
 )
-
-
-class _ClipOriginStream(WDSStream):
-    """A :class:`WDSStream` that hands each video member to the transform with its origin.
-
-    The transform seeds each clip's start with (seed, epoch, shard URL, key), which the generic
-    transform hook does not see; this stream wraps the video members' bytes in
-    :class:`EncodedVideo` as it reads them.
-    """
-
-    video_suffixes: tuple[str, ...] = ()
-    _epoch: int = 0
-
-    @classmethod
-    def of(cls, stream: WDSStream, video_suffixes: Sequence[str]) -> _ClipOriginStream:
-        tagged = cls.__new__(cls)
-        tagged.__dict__.update(vars(stream))
-        tagged.video_suffixes = tuple(video_suffixes)
-        return tagged
-
-    def iter_batches(self, plan: Any, worker_id: int, num_workers: int):
-        self._epoch = plan.epoch
-        return super().iter_batches(plan, worker_id, num_workers)
-
-    def _read(self, ids: np.ndarray, reader: ShardReader) -> list[tuple[str, str, Any]]:
-        items = super()._read(ids, reader)
-        for url, key, members in items:
-            if isinstance(members, dict):
-                for suffix in self.video_suffixes:
-                    if suffix in members:
-                        members[suffix] = EncodedVideo(members[suffix], url, key, self._epoch)
-        return items
 
 
 class VideoWDSDataModule(WDSDataModule):
@@ -147,16 +112,6 @@ class VideoWDSDataModule(WDSDataModule):
             backend=self.backend, decode_timeout_s=self.decode_timeout_s, seed=self.seed,
             scale=not self.normalize_on_device, exact_resize=self.exact_resize,
         )  # fmt: skip
-
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        suffixes = [self.spec.key_map[key] for key in self.video_keys]
-        # Epoch streams tag video members with their origin, which seeds each clip; the resampled
-        # stream has no position to reproduce and leaves them as bytes.
-        if type(self.train_stream) is WDSStream:
-            self.train_stream = _ClipOriginStream.of(self.train_stream, suffixes)
-        if type(self.val_stream) is WDSStream:
-            self.val_stream = _ClipOriginStream.of(self.val_stream, suffixes)
 
 
 def _validate_video_args(

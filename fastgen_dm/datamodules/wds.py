@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,16 @@ DEFAULT_INDEX_DIR = "FASTGEN_OUTPUT/index"
 _NO_END = 1 << 62  # resampled streams never end: Lightning stops them with max_steps
 
 
-SampleTransform = Callable[[dict[str, Any]], dict[str, Any]]
+class SampleOrigin(NamedTuple):
+    """Where a sample comes from, for transforms that seed per sample (e.g. a video's clip start)."""
+
+    url: str
+    key: str
+    epoch: int
+
+
+#: A family's per-sample step after decoding: ``(sample, origin) -> sample``; raising = bad data.
+SampleTransform = Callable[[dict[str, Any], SampleOrigin], dict[str, Any]]
 
 #: Keys whose full shape must match across samples; other tensors must match in dtype and rank.
 FIXED_SHAPE_KEYS = ("real", "noise", "path")
@@ -68,7 +77,7 @@ class _Decoder:
             if dtype != expected[0] or not same_shape:
                 raise ValueError(f"{key!r} is {dtype}{list(shape)}, but earlier samples are {expected[0]}{list(expected[1])}")
 
-    def batch(self, items: Sequence[tuple[str, str, Any]]) -> dict[str, Any] | None:
+    def batch(self, items: Sequence[tuple[str, str, Any]], epoch: int) -> dict[str, Any] | None:
         """``items``: (shard url, key, members or exception); None when every sample was dropped."""
         samples, fnames, shards = [], [], []
         for url, key, members in items:
@@ -78,7 +87,7 @@ class _Decoder:
             try:
                 sample = self.spec.decode(members)
                 if self.transform is not None:
-                    sample = self.transform(sample)
+                    sample = self.transform(sample, SampleOrigin(url, key, epoch))
                 self._check_schema(sample)
             except SampleFilteredOut:
                 self.filtered += 1
@@ -137,7 +146,7 @@ class WDSStream(PlannedStream):
         previous = None
         try:
             for j in worker_batch_ids(len(batches), num_workers, worker_id):
-                batch = decoder.batch(self._read(batches[j], reader))
+                batch = decoder.batch(self._read(batches[j], reader), plan.epoch)
                 if batch is None:
                     # Every sample of this batch was bad: yield the previous one again rather than
                     # nothing, so this rank still steps with the others (an absent batch hangs DDP).
@@ -204,7 +213,7 @@ class ResampledWDSStream(PlannedStream):
                     buffered_bytes -= sum(map(len, item[2].values())) if isinstance(item[2], dict) else 0
                     pending.append(item)
                     if len(pending) == src.batch_size:
-                        batch = decoder.batch(pending)
+                        batch = decoder.batch(pending, plan.epoch)
                         pending = []
                         if batch is not None:
                             yield batch

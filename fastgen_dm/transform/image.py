@@ -229,7 +229,7 @@ class ImageTransform:
             raise ValueError(f"keys must name at least one sample key, got {self.keys!r}; e.g. keys=('real',)")
         set_("keys", keys)
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any], origin: Any = None) -> dict[str, Any]:
         out = dict(sample)
         for key in self.keys:
             if key in out:

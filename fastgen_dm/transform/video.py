@@ -206,16 +206,18 @@ class VideoClipTransform:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_draws", [0])  # plain-bytes draws seen by this copy (per process)
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any], origin: Any = None) -> dict[str, Any]:
+        """Decode each video key's clip; ``origin`` (url, key, epoch) seeds the ``segment`` start."""
         out = dict(sample)
         for key in self.video_keys:
-            clip, params = self.clip(out[key])
+            value = out[key] if origin is None else EncodedVideo(out[key], origin.url, origin.key, origin.epoch)
+            clip, params = self.clip(value)
             out[key] = scale_to_unit(clip) if self.scale else clip
             out["cropping_params" if len(self.video_keys) == 1 else f"{key}_cropping_params"] = params
         return out
 
     def rng_for(self, value: EncodedVideo | bytes) -> np.random.Generator:
-        """The generator of one video's clip start: by origin, else by content and draw count (resampled mode)."""
+        """The generator of one video's clip start: by origin when known, else by content and draw count."""
         if isinstance(value, EncodedVideo):
             return np.random.default_rng(clip_seed(self.seed, value.epoch, value.url, value.key))
         self._draws[0] += 1

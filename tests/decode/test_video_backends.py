@@ -1,10 +1,8 @@
 """Video backends: the same frames as sequential decoding, counts from the content, seeks, broken files, timeouts."""
 
-import fractions
 import io
 import re
 import shutil
-import struct
 import subprocess
 import threading
 
