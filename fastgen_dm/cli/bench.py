@@ -174,13 +174,15 @@ class PeakRSS:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> bool:
+        """Read the children's RSS now; False when this platform cannot tell."""
+        rss = children_rss(os.getpid())
+        if rss:
+            self.peak = max(self.peak or 0, max(rss))
+        return rss is not None
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            rss = children_rss(os.getpid())
-            if rss is None:
-                return
-            if rss:
-                self.peak = max(self.peak or 0, max(rss))
+        while not self._stop.is_set() and self.sample():
             self._stop.wait(self.interval_s)
 
     def start(self) -> PeakRSS:
@@ -257,6 +259,8 @@ def measure(loader: Iterable[Any], workers: int, batches: int, step_s: float) ->
             samples += batch_size_of(batch)
             nbytes += tensor_bytes(batch)
             count += 1
+            if count <= 3:
+                monitor.sample()  # a reading while workers surely live: short runs end between two polls
             if step_s:
                 time.sleep(step_s)
         elapsed = time.perf_counter() - loop_start

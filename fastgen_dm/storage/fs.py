@@ -58,10 +58,12 @@ def fetch_once(
     storage_options: Mapping[str, Any] | None = None,
     show_progress: bool = True,
 ) -> Path:
-    """Copy ``url`` to the local file ``dest`` unless it is already there; atomic.
+    """Copy ``url`` to the local file ``dest`` unless it is already there; atomic and resumable.
 
-    The bytes go to a temporary name beside ``dest`` and are renamed into place only when
-    complete, so an interrupted copy never looks finished to a later run or another process.
+    The bytes go to ``<dest>.part`` and are renamed into place only when complete, so an
+    interrupted copy never looks finished to a later run. A later call continues a ``.part``
+    file where it stopped (a ranged read of the rest), instead of starting again. Only one
+    process per node should fetch (``prepare_data`` guarantees it).
     """
     from tqdm.auto import tqdm
 
@@ -72,17 +74,21 @@ def fetch_once(
     if not fs.exists(path):
         raise FileNotFoundError(f"cannot fetch {url!r}: it does not exist")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
+    part = dest.with_name(f"{dest.name}.part")
     total = fs.size(path)
-    logger.info("fetching %s -> %s (%s bytes)", url, dest, total)
-    try:
-        with fs.open(path, "rb") as src, open(tmp, "wb") as out, tqdm(
-            total=total, unit="B", unit_scale=True, desc=f"fetch {Path(path).name}", disable=not show_progress
-        ) as bar:
-            while chunk := src.read(_COPY_CHUNK_BYTES):
-                out.write(chunk)
-                bar.update(len(chunk))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    done = part.stat().st_size if part.exists() else 0
+    if total is not None and done > total:  # not a prefix of this source: start over
+        part.unlink()
+        done = 0
+    logger.info("fetching %s -> %s (%s bytes, resuming at %d)", url, dest, total, done)
+    with fs.open(path, "rb") as src, open(part, "ab") as out, tqdm(
+        total=total, initial=done, unit="B", unit_scale=True, desc=f"fetch {Path(path).name}", disable=not show_progress
+    ) as bar:
+        src.seek(done)
+        while chunk := src.read(_COPY_CHUNK_BYTES):
+            out.write(chunk)
+            bar.update(len(chunk))
+    if total is not None and part.stat().st_size != total:
+        raise OSError(f"fetching {url!r}: got {part.stat().st_size} of {total} bytes; run again to resume")
+    os.replace(part, dest)
     return dest

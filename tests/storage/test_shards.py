@@ -34,3 +34,16 @@ def test_malformed_datatags_are_named(tag):
 def test_pipe_urls_are_refused():
     with pytest.raises(ValueError, match=re.escape("'pipe:' URLs run shell commands and are refused")):
         list_shards("pipe:curl http://127.0.0.1/x")
+
+
+def test_fetch_once_resumes_a_partial_copy_and_renames_only_when_complete(tmp_path):
+    from fastgen_dm.storage import fetch_once
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(bytes(range(256)) * 1000)
+    dest = tmp_path / "out" / "copy.bin"
+    dest.parent.mkdir()
+    (dest.parent / "copy.bin.part").write_bytes(source.read_bytes()[:1234])  # an interrupted earlier run
+    assert fetch_once(f"file://{source}", dest, show_progress=False) == dest
+    assert dest.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["copy.bin"]
