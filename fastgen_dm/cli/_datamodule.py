@@ -107,11 +107,11 @@ def build_datamodule(parser: argparse.ArgumentParser, configs: Sequence[str], re
             warnings.simplefilter("ignore", DeprecationWarning)  # jsonargparse renames instantiate_classes
             init = data_parser.instantiate_classes(config)
     except (ValueError, TypeError) as err:
-        fail(parser, f"--data: {_root_cause(err)}")
+        fail(parser, f"--data: {root_cause(err)}")
     return init.data
 
 
-def _root_cause(err: BaseException) -> BaseException:
+def root_cause(err: BaseException) -> BaseException:
     """The innermost error of a chain: the DataModule's own message, not jsonargparse's Union wrapper."""
     while err.__cause__ is not None or err.__context__ is not None:
         err = err.__cause__ or err.__context__  # type: ignore[assignment]

@@ -15,7 +15,7 @@ def _tools() -> dict[str, tuple[str, Callable[[list[str]], int]]]:
     from fastgen_dm.cli import bench, index, prepare, show, verify
 
     return {
-        "prepare": ("Write a dataset in the format a DataModule reads (demo, ...).", prepare.main),
+        "prepare": ("Write a dataset in the format a DataModule reads: demo, cifar10, imagenet-64, imagenet-256.", prepare.main),
         "index": ("Index WebDataset shards: sample counts and byte offsets for exact epochs.", index.main),
         "verify": ("Decode every sample once; list the bad ones and write an ignore index.", verify.main),
         "bench": ("Measure a DataModule's loader: samples/s, MB/s, data wait, against raw reads.", bench.main),

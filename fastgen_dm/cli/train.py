@@ -24,6 +24,15 @@ class FastGenCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
 
+    def instantiate_classes(self) -> None:
+        """Build the classes; a value a DataModule or model rejects ends the command with its message."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            from fastgen_dm.cli._datamodule import root_cause
+
+            self.parser.exit(2, f"fastgen {self.subcommand}: error: {root_cause(err)}\n")
+
 
 def run_lightning(args: list[str] | None) -> FastGenCLI:
     """Run LightningCLI on ``args`` (None: the process's command line)."""

@@ -108,3 +108,10 @@ def test_a_latent_family_trains_from_the_cli_on_demo_shards(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "`Trainer.fit` stopped: `max_steps=3` reached" in result.stderr
+
+
+def test_a_value_the_datamodule_rejects_is_a_one_line_error():
+    result = fastgen("fit", "--data", "CIFAR10DataModule", "--data.batch_size", "-3")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("fastgen fit: error: batch_size must be at least 1, got -3")
+    assert "Traceback" not in result.stderr
