@@ -58,16 +58,21 @@ def _prepare_imagenet_64(args: argparse.Namespace) -> int:
     report = prepare_imagenet_64(
         args.imagenet_source, _output_dir(args), workers=args.workers, force=args.force, on_bad_image=args.on_bad_image
     )
-    for path in report.outputs.values():
-        if path in report.written:
-            print(f"wrote {report.images} images to {path}")
+    _print_report({path: "images" for path in report.outputs.values()}, report.written, report.images, report.bad)
+    return 0
+
+
+def _print_report(outputs: dict, written, count: int, bad) -> None:
+    """What a converter wrote or kept, and the unreadable sources it left out."""
+    for path, what in outputs.items():
+        if path in written:
+            print(f"wrote {count} {what} to {path}")
         else:
             print(f"{path} exists and passed its check (use --force to rewrite it)")
-    if report.bad:
-        print(f"left out {len(report.bad)} unreadable images:")
-        for path, reason in report.bad:
+    if bad:
+        print(f"left out {len(bad)} unreadable images:")
+        for path, reason in bad:
             print(f"  {path}: {reason}")
-    return 0
 
 
 def _devices(value: str) -> int | str:
@@ -89,15 +94,7 @@ def _prepare_imagenet_256(args: argparse.Namespace) -> int:
         force=args.force,
         on_bad_image=args.on_bad_image,
     )
-    for path in (report.images_zip, report.latents_zip):
-        if path in report.written:
-            print(f"wrote {report.images} {'latents' if path == report.latents_zip else 'images'} to {path}")
-        else:
-            print(f"{path} exists and passed its check (use --force to rewrite it)")
-    if report.bad:
-        print(f"left out {len(report.bad)} unreadable images:")
-        for path, reason in report.bad:
-            print(f"  {path}: {reason}")
+    _print_report({report.images_zip: "images", report.latents_zip: "latents"}, report.written, report.images, report.bad)
     return 0
 
 
