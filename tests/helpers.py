@@ -101,3 +101,20 @@ def webdataset_samples(url):
         (s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")})
         for s in webdataset.WebDataset(url, shardshuffle=False, empty_check=False)
     ]
+
+
+def fit_probe(dm, record_dir, devices, ckpt_path=None, callbacks=(), **trainer_kwargs):
+    """Two epochs of LoaderProbe over ``dm`` on CPU (gloo ``ddp_spawn`` when ``devices > 1``), recording ids."""
+    from fastgen_dm.models import LoaderProbe
+
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **{"enable_checkpointing": False, **trainer_kwargs, "callbacks": [DestroyProcessGroup(), *callbacks]},
+    )
+    trainer.fit(LoaderProbe(record_dir=str(record_dir)), datamodule=dm, ckpt_path=ckpt_path)

@@ -1,29 +1,17 @@
 """Through a real Trainer: DDP (gloo, ddp_spawn) with workers, and mid-epoch resume from a checkpoint."""
 
 import pytest
-from helpers import DestroyProcessGroup, flat, global_streams
-from lightning import Trainer
+from helpers import fit_probe, flat, global_streams
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fastgen_dm import ImageFolderDataModule
-from fastgen_dm.models import LoaderProbe
 
 NUM_ITEMS = 300  # the demo_zip fixture
 
 
 def fit(demo_zip, record_dir, devices, ckpt_path=None, callbacks=(), **trainer_kwargs):
     dm = ImageFolderDataModule(demo_zip, batch_size=16, num_workers=2, seed=3)
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
-        max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **{"enable_checkpointing": False, **trainer_kwargs, "callbacks": [DestroyProcessGroup(), *callbacks]},
-    )
-    trainer.fit(LoaderProbe(record_dir=str(record_dir)), datamodule=dm, ckpt_path=ckpt_path)
+    fit_probe(dm, record_dir, devices, ckpt_path, callbacks, **trainer_kwargs)
 
 
 @pytest.fixture(scope="module")

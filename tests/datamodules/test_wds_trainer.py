@@ -1,12 +1,10 @@
 """WebDataset shards through a real Trainer: DDP (gloo, ddp_spawn) x workers, mid-epoch resume."""
 
 import pytest
-from helpers import DestroyProcessGroup, flat, global_streams
-from lightning import Trainer
+from helpers import fit_probe, flat, global_streams
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fastgen_dm.datamodules.latents import ImageLatentDataModule
-from fastgen_dm.models import LoaderProbe
 from fastgen_dm.prepare import write_demo_shards
 
 NUM = 190  # 3 shards: 80, 80, 30
@@ -23,17 +21,7 @@ def shards(tmp_path_factory):
 
 def fit(folder, record_dir, devices, ckpt_path=None, callbacks=(), **trainer_kwargs):
     dm = ImageLatentDataModule([f"WDS:{folder}"], batch_size=8, num_workers=2, seed=5, index_dir=str(folder / "index"))
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
-        max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **{"enable_checkpointing": False, **trainer_kwargs, "callbacks": [DestroyProcessGroup(), *callbacks]},
-    )
-    trainer.fit(LoaderProbe(record_dir=str(record_dir)), datamodule=dm, ckpt_path=ckpt_path)
+    fit_probe(dm, record_dir, devices, ckpt_path, callbacks, **trainer_kwargs)
 
 
 def names(ids):
