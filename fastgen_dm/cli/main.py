@@ -44,6 +44,22 @@ def _top_parser(tools: dict[str, tuple[str, Callable[[list[str]], int]]]) -> arg
     return parser
 
 
+def _unknown_datamodule(argv: list[str]) -> str | None:
+    """An error for ``--data NAME`` (or ``--data.help NAME``) naming no DataModule of the package, else None.
+
+    Dotted values (class paths, config files) are left to LightningCLI.
+    """
+    import fastgen_dm
+
+    known = sorted(name for name in fastgen_dm.__all__ if name.endswith("DataModule"))
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("--data", "--data.help") and "." not in value and value not in known:
+            close = difflib.get_close_matches(value, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return f"{flag} {value!r} is no DataModule of fastgen-dm; {hint}choose from {', '.join(known)}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -58,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     from fastgen_dm.cli.train import LIGHTNING_SUBCOMMANDS, lightning_main
 
     if command in LIGHTNING_SUBCOMMANDS:
+        error = _unknown_datamodule(rest)
+        if error:
+            _top_parser(tools).exit(2, f"fastgen {command}: error: {error}\n")
         return lightning_main(None if from_command_line else argv)  # LightningCLI warns when given both
     known = [*LIGHTNING_SUBCOMMANDS, *tools]
     close = difflib.get_close_matches(command, known, n=1)

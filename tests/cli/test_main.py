@@ -115,3 +115,10 @@ def test_a_value_the_datamodule_rejects_is_a_one_line_error():
     assert result.returncode == 2
     assert result.stderr.strip().endswith("fastgen fit: error: batch_size must be at least 1, got -3")
     assert "Traceback" not in result.stderr
+
+
+def test_a_misspelled_datamodule_suggests_the_closest(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--data", "CIFAR10DataModle"])
+    assert exit_info.value.code == 2
+    assert "--data 'CIFAR10DataModle' is no DataModule of fastgen-dm; did you mean 'CIFAR10DataModule'?" in capsys.readouterr().err
