@@ -118,3 +118,9 @@ def fit_probe(dm, record_dir, devices, ckpt_path=None, callbacks=(), **trainer_k
         **{"enable_checkpointing": False, **trainer_kwargs, "callbacks": [DestroyProcessGroup(), *callbacks]},
     )
     trainer.fit(LoaderProbe(record_dir=str(record_dir)), datamodule=dm, ckpt_path=ckpt_path)
+
+
+def bogus_huffman_table(jpeg: bytes) -> bytes:
+    """A JPEG whose header parses but whose Huffman table (DHT) is invalid: every decoder rejects it."""
+    at = jpeg.index(b"\xff\xc4")
+    return jpeg[: at + 5] + bytes([255] * 16) + jpeg[at + 21 :]

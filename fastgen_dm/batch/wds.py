@@ -36,7 +36,7 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence, get_args
+from typing import Any, Callable, Collection, Literal, Mapping, NamedTuple, Sequence, get_args
 
 import numpy as np
 import torch
@@ -589,4 +589,21 @@ def wds_batch(
         out[key] = _collate([sample[key] for sample in samples])
     for key, value in constants.items():
         out[key] = _repeat(value, batch)
+    return out
+
+
+def drop_rows(batch: Mapping[str, Any], rows: Collection[int]) -> dict[str, Any]:
+    """``batch`` without the samples at ``rows``: every list and every tensor of B rows loses them.
+
+    ``drop_rows({"fname": ["a", "b", "c"], "real": x}, {1})`` -> ``{"fname": ["a", "c"], "real": x[[0, 2]]}``.
+    """
+    size = len(batch["fname"])
+    keep = [i for i in range(size) if i not in rows]
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
+            value = value[torch.tensor(keep, device=value.device)]
+        elif isinstance(value, list) and len(value) == size:
+            value = [value[i] for i in keep]
+        out[key] = value
     return out

@@ -143,6 +143,11 @@ class PlannedDataModule(lightning.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
         )
 
+    def batch_device(self) -> torch.device:
+        """Where batches are trained on: the Trainer's device, else the CPU."""
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
     # -- position --------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = self.trainer

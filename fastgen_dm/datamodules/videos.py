@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 
 from fastgen_dm.datamodules.wds import WDSDataModule
 from fastgen_dm.decode.video import Backend, validate_backend
@@ -58,6 +59,13 @@ class VideoWDSDataModule(WDSDataModule):
         num_workers: DataLoader workers per GPU.
         normalize_on_device: Deliver uint8 clips and scale them to [-1, 1] after the transfer to
             the device (4x less to copy); False scales them in the workers (float32).
+        decode_on_device: Decode clips on the training device after the transfer (torchcodec's
+            CUDA decoder, NVDEC) instead of in the workers: the workers only read the bytes, and
+            the encoded video, not the decoded clip, crosses to the GPU. Needs
+            ``backend="torchcodec"`` and ``normalize_on_device=True``. The clip's frame indices are
+            the same as in the workers; NVDEC's pixels are close to, not bit-identical with, the
+            CPU's. A video that fails is dropped from its batch and counted in ``device_bad_data``.
+            On a CPU device the main process decodes, one clip at a time.
         key_map: Output key -> member suffix (default ``{"real": "mp4", "condition": "txt"}``).
         presets_map: Default ``{"neg_condition": "neg_prompt_wan"}``.
         **kwargs: Every other argument of :class:`WDSDataModule`.
@@ -81,12 +89,18 @@ class VideoWDSDataModule(WDSDataModule):
         exact_resize: bool = True,
         num_workers: int | None = 2,
         normalize_on_device: bool = True,
+        decode_on_device: bool = False,
         key_map: dict[str, str] | None = None,
         presets_map: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         video_keys = (video_keys,) if isinstance(video_keys, str) else tuple(video_keys)
         _validate_video_args(sequence_length, img_size, video_keys, decoder_type, frame_stride, backend, short_video, decode_timeout_s)
+        if decode_on_device and (backend != "torchcodec" or not normalize_on_device):
+            raise ValueError(
+                "decode_on_device=True decodes with torchcodec's CUDA decoder and scales on the device: it needs "
+                f"backend='torchcodec' (got {backend!r}) and normalize_on_device=True (got {normalize_on_device})"
+            )
         outputs = self.default_key_map if key_map is None else key_map
         missing = [key for key in video_keys if key not in outputs]
         if missing:
@@ -104,14 +118,32 @@ class VideoWDSDataModule(WDSDataModule):
         self.video_keys, self.decoder_type, self.frame_stride = video_keys, decoder_type, frame_stride
         self.backend, self.short_video, self.decode_timeout_s = backend, short_video, decode_timeout_s
         self.exact_resize = exact_resize
+        self.decodes_on_device = decode_on_device
+        self.clip_transform = VideoClipTransform(
+            sequence_length=sequence_length, img_size=self.img_size, video_keys=video_keys,
+            decoder_type=decoder_type, frame_stride=frame_stride, short_video=short_video,
+            backend=backend, decode_timeout_s=decode_timeout_s, seed=self.seed,
+            scale=not normalize_on_device, exact_resize=exact_resize, defer=decode_on_device,
+        )  # fmt: skip
 
     def sample_transform(self) -> VideoClipTransform:
-        return VideoClipTransform(
-            sequence_length=self.sequence_length, img_size=self.img_size, video_keys=self.video_keys,
-            decoder_type=self.decoder_type, frame_stride=self.frame_stride, short_video=self.short_video,
-            backend=self.backend, decode_timeout_s=self.decode_timeout_s, seed=self.seed,
-            scale=not self.normalize_on_device, exact_resize=self.exact_resize,
-        )  # fmt: skip
+        return self.clip_transform
+
+    def decode_rows(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, list[Any]], dict[int, BaseException]]:
+        values: dict[str, list[Any]] = {}
+        failures: dict[int, BaseException] = {}
+        for key in self.video_keys:
+            params_key = "cropping_params" if len(self.video_keys) == 1 else f"{key}_cropping_params"
+            clips, params = values.setdefault(key, []), values.setdefault(params_key, [])
+            for row, encoded in enumerate(batch[key]):
+                try:
+                    clip, crop = self.clip_transform.clip(encoded, device)
+                except Exception as err:  # bad data: counted by the caller
+                    failures.setdefault(row, err)
+                    clip, crop = None, None
+                clips.append(clip)
+                params.append(crop)
+        return values, failures
 
 
 def _validate_video_args(

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from fastgen_dm.batch.wds import SampleFilteredOut, SampleSpec, load_constants, wds_batch
+from fastgen_dm.batch.wds import SampleFilteredOut, SampleSpec, drop_rows, load_constants, wds_batch
 from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream
 from fastgen_dm.index.datatags import (
     Shard,
@@ -171,13 +171,16 @@ class WDSStream(PlannedStream):
         return items
 
     def _write_skipped(self, policy: BadDataPolicy, epoch: int, worker_id: int) -> None:
-        if self.skipped_index_dir is None or not policy.skipped_keys:
-            return
-        folder = Path(self.skipped_index_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        table = {os.path.basename(url): sorted(keys) for url, keys in policy.skipped_keys.items()}
-        path = folder / f"skipped-epoch{epoch}-rank{self.rank}-worker{worker_id}.json"
-        path.write_text(json.dumps(table, indent=1))
+        write_skipped(self.skipped_index_dir, policy.skipped_keys, f"skipped-epoch{epoch}-rank{self.rank}-worker{worker_id}")
+
+
+def write_skipped(folder: str | None, skipped_keys: Mapping[str, Sequence[str]], name: str) -> None:
+    """Write ``{shard url: [key, ...]}`` as the ignore index ``<folder>/<name>.json`` (nothing without a folder or keys)."""
+    if folder is None or not skipped_keys:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    table = {os.path.basename(url): sorted(set(keys)) for url, keys in skipped_keys.items()}
+    (Path(folder) / f"{name}.json").write_text(json.dumps(table, indent=1))
 
 
 class ResampledWDSStream(PlannedStream):
@@ -287,6 +290,14 @@ class WDSDataModule(PlannedDataModule):
         """A picklable per-sample step after decoding (media families decode and crop here)."""
         return None
 
+    #: True when the family leaves decoding to :meth:`decode_rows`, after the transfer to the device.
+    decodes_on_device: bool = False
+
+    def decode_rows(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, list[Any]], dict[int, BaseException]]:
+        """A family's decoding after the transfer (nvJPEG, NVDEC): the keys it produces, one value per
+        row, and the rows that failed with their errors (their values are ignored)."""
+        return {}, {}
+
     def __init__(
         self,
         datatags: list[str],
@@ -351,6 +362,9 @@ class WDSDataModule(PlannedDataModule):
         self._validate(train)
         self.train_stream: PlannedStream | None = None
         self.val_stream: WDSStream | None = None
+        # samples that fail to decode on the device are bad data of the main process
+        self.device_bad_data = BadDataPolicy(max_skip_fraction)
+        self._last_decoded: dict[str, Any] | None = None
 
     def _validate(self, train: bool) -> None:
         for tag in [*self.datatags, *self.val_datatags]:
@@ -444,6 +458,42 @@ class WDSDataModule(PlannedDataModule):
         if self.val_datatags:
             val_source = self._source(self._resolve(self.val_datatags, need_counts=True), constants)
             self.val_stream = WDSStream(val_source, shuffle=False, tail="uneven", window=1)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.decodes_on_device:
+            batch = self._decode_on_device(batch)
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    def _decode_on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Run :meth:`decode_rows`; count, log and drop the rows that fail (and add them to
+        ``skipped_index_dir``'s ``skipped-rank<r>-device.json``).
+
+        A batch whose every row fails is replaced by the last good one (as a worker does when it
+        loses a whole batch), so every GPU still takes its step and DDP does not hang.
+        """
+        values, failures = self.decode_rows(batch, self.batch_device())
+        for row, (url, key) in enumerate(zip(batch["shard"], batch["fname"])):
+            if row in failures:
+                self.device_bad_data.skip(url, key, failures[row])
+            else:
+                self.device_bad_data.ok()
+        if failures:
+            rank = self.placement()[0]
+            write_skipped(self.skipped_index_dir, self.device_bad_data.skipped_keys, f"skipped-rank{rank}-device")
+        if len(failures) == len(batch["fname"]):
+            if self._last_decoded is None:
+                raise RuntimeError(
+                    f"every sample of the first batch failed to decode on the device; first: "
+                    f"{batch['fname'][0]} in {batch['shard'][0]}: {failures[0]!r}"
+                )
+            logger.warning("every sample of a batch failed to decode on the device; repeating the previous batch")
+            return dict(self._last_decoded)
+        batch = drop_rows({**batch, **values}, failures)
+        for key in values:
+            if all(isinstance(v, torch.Tensor) for v in batch[key]):
+                batch[key] = torch.stack(batch[key])
+        self._last_decoded = dict(batch)
+        return batch
 
     def train_dataloader(self):
         if self.train_stream is None:

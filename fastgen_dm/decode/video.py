@@ -34,6 +34,7 @@ counts samples.
 from __future__ import annotations
 
 import bisect
+import functools
 import io
 import itertools
 import threading
@@ -223,11 +224,13 @@ class _DecordSource(VideoSource):
 class _TorchcodecSource(VideoSource):
     backend = "torchcodec"
 
-    def __init__(self, data: bytes, timeout_s: float | None) -> None:
+    def __init__(self, data: bytes, timeout_s: float | None, device: torch.device | str = "cpu") -> None:
         from torchcodec.decoders import VideoDecoder
 
         try:  # "exact" scans every packet once: a frame count and a frame index from the content
-            self._decoder = VideoDecoder(data, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=_DECODE_THREADS)
+            self._decoder = VideoDecoder(
+                data, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=_DECODE_THREADS, device=device
+            )
         except (RuntimeError, ValueError) as err:
             raise VideoDecodeError(f"torchcodec cannot open the video: {_first_line(err)}") from None
         meta = self._decoder.metadata
@@ -401,7 +404,9 @@ def validate_backend(backend: str) -> None:
         )
 
 
-def open_video(data: bytes, backend: Backend = "decord", *, timeout_s: float | None = None) -> VideoSource:
+def open_video(
+    data: bytes, backend: Backend = "decord", *, timeout_s: float | None = None, device: torch.device | str = "cpu"
+) -> VideoSource:
     """Open a video held in memory.
 
     Args:
@@ -409,9 +414,12 @@ def open_video(data: bytes, backend: Backend = "decord", *, timeout_s: float | N
         backend: ``"decord"``, ``"torchcodec"`` or ``"pyav"``; all give the same frames.
         timeout_s: Bound on opening and on each :meth:`VideoSource.get_frames` call, in seconds;
             None for no bound. See the module notes for what a timeout can and cannot stop.
+        device: Where frames are decoded and returned: ``"cpu"``, or a CUDA device with the
+            ``torchcodec`` backend (NVDEC; hardware decoding is close to, not bit-identical with,
+            the CPU's frames, and torchcodec falls back to the CPU for codecs NVDEC lacks).
 
     Raises:
-        ValueError: An unknown backend.
+        ValueError: An unknown backend, or a device other than the CPU with another backend.
         VideoDecodeError: Empty bytes, no video stream, no frames, or a container that does not open.
         DecodeTimeoutError: Opening took longer than ``timeout_s``.
     """
@@ -419,9 +427,13 @@ def open_video(data: bytes, backend: Backend = "decord", *, timeout_s: float | N
         raise ValueError(f"video backend {backend!r} is unknown; use one of {list(BACKENDS)}")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"open_video needs the video's bytes, got {type(data).__name__}")
+    on_cpu = torch.device(device).type == "cpu"
+    if not on_cpu and backend != "torchcodec":
+        raise ValueError(f"video decoding on {device} needs backend='torchcodec' (NVDEC), got backend={backend!r}")
     if len(data) == 0:
         raise VideoDecodeError("the video member is empty (0 bytes)")
-    source = _bounded(lambda: _SOURCES[backend](bytes(data), timeout_s), timeout_s, f"{backend} opening")
+    make = _SOURCES[backend] if on_cpu else functools.partial(_TorchcodecSource, device=device)
+    source = _bounded(lambda: make(bytes(data), timeout_s), timeout_s, f"{backend} opening")
     if source.num_frames < 1:
         source.close()
         raise VideoDecodeError(f"{backend} finds no video frames in the file")

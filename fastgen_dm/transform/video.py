@@ -136,7 +136,8 @@ def resize_crop(
         exact: True: resize in float32, then clamp and round, which equals
             ``torchvision.transforms.functional.resize(..., antialias=True)`` on uint8 (FastGen's
             resize) bit for bit. False: torch's uint8 antialiased kernel, about 3.5x faster on the
-            CPU, within a few levels of the exact result (it rounds at each pass).
+            CPU, within a few levels of the exact result (it rounds at each pass). Frames on
+            another device (the GPU) always take the float32 path, which is the one it has.
 
     Returns:
         The clip, uint8 [3, T, height, width], and its cropping parameters: the resized size
@@ -151,7 +152,8 @@ def resize_crop(
     x0, y0 = (resize_w - crop_w) // 2, (resize_h - crop_h) // 2
     params = {"resize_w": resize_w, "resize_h": resize_h, "crop_x0": x0, "crop_y0": y0, "crop_w": crop_w, "crop_h": crop_h}
     chw = frames.permute(0, 3, 1, 2)  # [T, 3, H, W], a view
-    out = torch.empty((3, num, crop_h, crop_w), dtype=torch.uint8)
+    exact = exact or frames.device.type != "cpu"
+    out = torch.empty((3, num, crop_h, crop_w), dtype=torch.uint8, device=frames.device)
     for t0 in range(0, num, RESIZE_CHUNK_FRAMES):
         chunk = chw[t0 : t0 + RESIZE_CHUNK_FRAMES]
         if (resize_h, resize_w) != (height, width):
@@ -188,6 +190,10 @@ class VideoClipTransform:
         scale: Scale to float32 [-1, 1] here (on the CPU) instead of delivering uint8.
         interpolation: Resize filter.
         exact_resize: FastGen's float resize (True) or torch's faster uint8 one (see :func:`resize_crop`).
+        defer: Leave decoding for after the transfer: each video key becomes its
+            :class:`EncodedVideo` (no cropping parameters yet), and :meth:`clip` runs later with
+            the device (``VideoWDSDataModule(decode_on_device=True)``). The clip's frames are the
+            same, since its start is seeded by the sample's origin, not by the process.
     """
 
     sequence_length: int = 81
@@ -202,6 +208,7 @@ class VideoClipTransform:
     scale: bool = False
     interpolation: Interpolation = "bicubic"
     exact_resize: bool = True
+    defer: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_draws", [0])  # plain-bytes draws seen by this copy (per process)
@@ -211,6 +218,9 @@ class VideoClipTransform:
         out = dict(sample)
         for key in self.video_keys:
             value = out[key] if origin is None else EncodedVideo(out[key], origin.url, origin.key, origin.epoch)
+            if self.defer:
+                out[key] = value
+                continue
             clip, params = self.clip(value)
             out[key] = scale_to_unit(clip) if self.scale else clip
             out["cropping_params" if len(self.video_keys) == 1 else f"{key}_cropping_params"] = params
@@ -223,13 +233,13 @@ class VideoClipTransform:
         self._draws[0] += 1
         return np.random.default_rng([self.seed, zlib.crc32(value), self._draws[0]])
 
-    def clip(self, value: EncodedVideo | bytes) -> tuple[torch.Tensor, dict[str, int]]:
-        """One video's clip, uint8 [3, T, H, W], and its cropping parameters."""
+    def clip(self, value: EncodedVideo | bytes, device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict[str, int]]:
+        """One video's clip, uint8 [3, T, H, W] on ``device``, and its cropping parameters."""
         data = value.data if isinstance(value, EncodedVideo) else value
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"a video member must arrive as bytes, got {type(data).__name__}")
         rng = self.rng_for(value)
-        with open_video(data, self.backend, timeout_s=self.decode_timeout_s) as video:
+        with open_video(data, self.backend, timeout_s=self.decode_timeout_s, device=device) as video:
             for attempt in range(_RECOUNTS + 1):
                 indices = clip_indices(
                     video.num_frames, self.sequence_length, decoder_type=self.decoder_type,

@@ -13,6 +13,7 @@ import webdataset
 
 from fastgen_dm import ImageWDSDataModule
 from fastgen_dm.transform.image import normalize_pixels
+from helpers import bogus_huffman_table
 
 RES = 24
 
@@ -210,3 +211,52 @@ def test_defaults_follow_fastgen():
     assert dm.batch_size == 32 and dm.input_res == 512 and dm.normalize_on_device and not dm.exact_resize
     assert dm.spec.key_map == {"real": "jpg", "condition": "txt"} and dm.presets_map == {"neg_condition": "empty_string"}
     assert dm.norm_mean == dm.norm_std == (0.5,) and dm.spec.raw_keys == ("real",)
+
+
+# --- JPEG decoding on the device (nvJPEG on CUDA; here the device is the CPU) ---------------------
+
+
+def test_device_decoding_leaves_jpegs_to_the_device_and_matches_the_exact_path(shards, tmp_path):
+    from fastgen_dm.decode.jpeg import EncodedJPEG
+
+    on_device = make(shards, tmp_path, shuffle=False, decode_jpeg_on_device=True)
+    exact = make(shards, tmp_path, shuffle=False, exact_resize=True, normalize_on_device=False)
+    routed = 0
+    for raw, expected in zip(on_device.train_dataloader(), exact.train_dataloader()):
+        rows = raw["real"] if isinstance(raw["real"], list) else list(raw["real"])
+        routed += sum(isinstance(row, EncodedJPEG) for row in rows)
+        for row, key in zip(rows, raw["fname"]):  # baseline RGB and L JPEGs go to the device, nothing else
+            assert isinstance(row, EncodedJPEG) == (MEDIA[int(key) % len(MEDIA)][:2] in {("JPEG", "RGB"), ("JPEG", "L")})
+        batch = on_device.on_after_batch_transfer(raw, 0)
+        assert batch["real"].dtype == torch.float32 and batch["real"].shape == expected["real"].shape
+        # the same full-size decode and bicubic filter as Pillow's: within one level of 255 (PSNR > 48 dB)
+        assert (batch["real"] - expected["real"]).abs().max().item() <= 2 / 255 / 0.5 + 1e-6
+    assert routed == 3 * NUM // len(MEDIA) + 1 and on_device.device_bad_data.skipped == 0
+
+
+def test_a_jpeg_that_fails_on_the_device_is_dropped_counted_and_named(tmp_path, caplog):
+    good = encode(image("RGB", (40, 30), 0), "JPEG", quality=90)
+    folder = write_shards(tmp_path / "bad", 8, per_shard=8, bad={"000001": bogus_huffman_table(good), "000002": good})
+    dm = make(folder, tmp_path, shuffle=False, decode_jpeg_on_device=True, max_skip_fraction=0.5)
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert batch["fname"] == ["000000", "000002", "000003", "000004", "000005", "000006", "000007"]
+    assert batch["real"].shape == (7, 3, RES, RES) and len(batch["condition"]) == len(batch["neg_condition"]) == 7
+    assert dm.device_bad_data.skipped == 1 and dm.device_bad_data.skipped_keys == {batch["shard"][0]: ["000001"]}
+    assert "skipping bad sample 000001" in caplog.text and "broken data stream" in caplog.text  # Pillow, the second try
+
+
+def test_a_trainer_decodes_jpegs_on_its_device(shards, tmp_path):
+    dm = ImageWDSDataModule([f"WDS:{shards}"], batch_size=16, input_res=RES, num_workers=2,
+                            index_dir=str(tmp_path / "i"), decode_jpeg_on_device=True)  # fmt: skip
+    model = _Recorder()
+    trainer = lightning.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                                enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert len(model.seen) == 3 and all(dtype == torch.float32 and -1 <= lo <= hi <= 1 for dtype, lo, hi in model.seen)
+    assert dm.state_dict()["epoch"] == 1 and dm.device_bad_data.seen == NUM
+
+
+@pytest.mark.parametrize("kwargs", [{"exact_resize": True}, {"normalize_on_device": False}])
+def test_device_decoding_refuses_options_it_cannot_honour(kwargs):
+    with pytest.raises(ValueError, match="decode_jpeg_on_device=True resizes on the device"):
+        ImageWDSDataModule(["WDS:/nowhere"], decode_jpeg_on_device=True, **kwargs)

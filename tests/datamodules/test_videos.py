@@ -96,6 +96,7 @@ def make(folder, tmp_path, **kwargs):
 
 
 def skipped_keys(tmp_path):
+    """The keys every ignore index written under ``tmp_path / "skipped"`` lists."""
     return sorted(k for path in (tmp_path / "skipped").glob("*.json") for keys in json.loads(path.read_text()).values() for k in keys)
 
 
@@ -219,9 +220,61 @@ def test_resampled_mode_decodes_clips_too(shards, tmp_path):
     assert all(b["real"].shape[1:] == (3, LENGTH, SIZE[1], SIZE[0]) and b["fname"][0].startswith("good") for b in batches)
 
 
+def device_clips(dm):
+    """{key: (clip, cropping params)} of one epoch decoded after the transfer (here: on the CPU)."""
+    out = {}
+    for raw in dm.train_dataloader():
+        assert all(isinstance(v, EncodedVideo) for v in raw["real"]) and "cropping_params" not in raw  # workers only read
+        batch = dm.on_after_batch_transfer(raw, 0)
+        assert batch["real"].dtype == torch.float32 and len(batch["cropping_params"]) == len(batch["fname"])
+        out.update((k, (c, p)) for k, c, p in zip(batch["fname"], batch["real"], batch["cropping_params"]))
+    return out
+
+
+def test_decoding_after_the_transfer_gives_the_workers_clips_and_counts_bad_videos(shards, tmp_path):
+    in_workers = make(shards, tmp_path / "a", backend="torchcodec", seed=3, num_workers=2)
+    expected = {k: (c, p) for b in in_workers.train_dataloader() for k, c, p in zip(b["fname"], b["real"], b["cropping_params"])}
+    on_device = make(shards, tmp_path / "b", backend="torchcodec", seed=3, num_workers=2, decode_on_device=True)
+    got = device_clips(on_device)
+    assert got.keys() == expected.keys() and len(got) == 9
+    for key, (clip, params) in got.items():  # the same frames (seeded by origin, not by process), bit for bit
+        assert torch.equal(clip, scale_to_unit(expected[key][0])) and params == expected[key][1] == PARAMS
+    bad = sorted(k for keys in on_device.device_bad_data.skipped_keys.values() for k in keys)
+    assert bad == ["bad_audio_only", "bad_empty", "bad_truncated", "short"] and on_device.device_bad_data.seen == 13
+    assert skipped_keys(tmp_path / "b") == bad  # written as an ignore index, like the workers' skips
+
+
+def test_a_batch_that_loses_every_sample_after_the_transfer_repeats_the_last_good_one(shards, tmp_path, caplog):
+    dm = make(shards, tmp_path / "a", backend="torchcodec", decode_on_device=True, batch_size=1, shuffle=False)
+    raw = iter(dm.train_dataloader())
+    first = dm.on_after_batch_transfer(next(raw), 0)
+    second = dm.on_after_batch_transfer(next(raw), 0)  # bad_empty, alone in its batch
+    assert first["fname"] == second["fname"] == ["good0"] and torch.equal(first["real"], second["real"])
+    assert "repeating the previous batch" in caplog.text and dm.device_bad_data.skipped_keys[second["shard"][0]] == ["bad_empty"]
+    starts_bad = make(shards, tmp_path / "b", backend="torchcodec", decode_on_device=True, batch_size=1, shuffle=False, sampler_start_idx=1)
+    with pytest.raises(RuntimeError, match="every sample of the first batch failed to decode on the device; first: bad_empty"):
+        starts_bad.on_after_batch_transfer(next(iter(starts_bad.train_dataloader())), 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (NVDEC)")
+def test_nvdec_clips_are_the_cpu_clips_up_to_hardware_rounding(shards, tmp_path):
+    on_cpu = make(shards, tmp_path / "a", backend="torchcodec", seed=3)
+    expected = {k: c for b in on_cpu.train_dataloader() for k, c in zip(b["fname"], b["real"])}
+    dm = make(shards, tmp_path / "b", backend="torchcodec", seed=3, decode_on_device=True)
+    for raw in dm.train_dataloader():
+        values, failures = dm.decode_rows(raw, torch.device("cuda"))
+        for row, clip in enumerate(values["real"]):
+            if row not in failures:
+                assert clip.device.type == "cuda"
+                mse = (clip.cpu().float() - expected[raw["fname"][row]].float()).pow(2).mean().item()
+                assert 10 * np.log10(255**2 / max(mse, 1e-10)) >= 35  # a one-frame shift scores 9-21 dB here
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        ({"decode_on_device": True}, "decode_on_device=True decodes with torchcodec's CUDA decoder and scales on the device"),
+        ({"decode_on_device": True, "backend": "torchcodec", "normalize_on_device": False}, "normalize_on_device=True (got False)"),
         ({"sequence_length": 0}, "sequence_length must be an integer >= 1 (frames per clip), got 0"),
         ({"img_size": (832,)}, "img_size must be (width, height) in pixels, two integers >= 1, got (832,)"),
         ({"decoder_type": "random"}, "decoder_type 'random' is unknown; use one of ['segment', 'full', 'uniform']"),

@@ -1,0 +1,62 @@
+"""JPEG decoding on a device: nvJPEG on CUDA, through torchcodec (torchvision's ``decode_jpeg`` successor).
+
+A DataLoader worker only reads the JPEG's header (:func:`device_decodable`) and passes the
+bytes on as :class:`EncodedJPEG`; after the batch reaches the GPU, :func:`decode_jpegs` decodes
+the whole batch in one nvJPEG call. On a CPU device the same call runs libjpeg-turbo, which the
+tests use to check this path against the workers' Pillow decode.
+
+Only JPEGs that decode the same way on both sides go to the device: 8-bit baseline JPEGs in
+"L" or "RGB" mode, complete (ending in the EOI marker) and without an EXIF rotation (torchcodec
+applies EXIF orientation, the CPU path does not, as in FastGen). Everything else (PNG, CMYK,
+progressive, truncated, rotated) is decoded by the workers as before.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import PIL.Image
+import torch
+
+#: JPEG end-of-image marker: a file that does not end with it is truncated (or has trailing bytes).
+_EOI = b"\xff\xd9"
+_EXIF_ORIENTATION = 0x0112
+
+
+class EncodedJPEG(bytes):
+    """A JPEG's bytes, left for :func:`decode_jpegs` after the transfer (a ``bytes``, so Lightning
+    does not move it and pickling between processes is plain)."""
+
+
+def device_decodable(img: PIL.Image.Image, data: bytes) -> bool:
+    """True when ``img`` (opened from ``data``, pixels not decoded) can be decoded on the device.
+
+    Baseline 8-bit JPEG, mode "L" or "RGB", ending in EOI, no EXIF orientation other than 1.
+    """
+    if img.format != "JPEG" or img.mode not in ("L", "RGB") or img.info.get("progressive"):
+        return False
+    if not bytes(data[-2:]) == _EOI:
+        return False
+    return "exif" not in img.info or img.getexif().get(_EXIF_ORIENTATION, 1) == 1
+
+
+def decode_jpegs(datas: Sequence[bytes], device: torch.device | str) -> list[torch.Tensor | Exception]:
+    """Decode JPEGs on ``device``: uint8 [3, H, W] RGB each, or the exception that image raised.
+
+    One batched call first (nvJPEG's fast path); if any image fails, each is decoded alone, so
+    one bad image costs only its own result.
+    """
+    from torchcodec.decoders import decode_jpeg
+
+    sources = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+    try:
+        return list(decode_jpeg(sources, mode="RGB", device=device))
+    except (RuntimeError, ValueError):
+        pass
+    results: list[torch.Tensor | Exception] = []
+    for source in sources:
+        try:
+            results.append(decode_jpeg(source, mode="RGB", device=device))
+        except (RuntimeError, ValueError) as err:
+            results.append(err)
+    return results

@@ -1,0 +1,86 @@
+"""JPEG decoding on a device: which JPEGs go there, and the batched decode with per-image errors.
+
+On this CPU-only machine the device is the CPU (libjpeg-turbo through torchcodec); the CUDA
+test runs where a GPU is present.
+"""
+
+import io
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from fastgen_dm.decode.jpeg import EncodedJPEG, decode_jpegs, device_decodable
+from fastgen_dm.decode.table import open_image
+from helpers import bogus_huffman_table
+
+
+def noise(mode="RGB", size=(64, 48), seed=0):
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+
+
+def jpeg(img, **params):
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, **params)
+    return buf.getvalue()
+
+
+def png(img):
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def rotated(img):
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    return jpeg(img, exif=exif.tobytes())
+
+
+def unrotated_exif(img):
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 1
+    return jpeg(img, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (jpeg(noise()), True),
+        (jpeg(noise("L")), True),
+        (unrotated_exif(noise()), True),
+        (jpeg(noise("CMYK")), False),  # nvJPEG has no CMYK
+        (jpeg(noise(), progressive=True), False),
+        (jpeg(noise())[:-200], False),  # truncated: no EOI marker
+        (rotated(noise()), False),  # the device decoder applies EXIF rotation, the CPU path does not
+        (png(noise()), False),
+    ],
+    ids=["rgb", "gray", "exif-orientation-1", "cmyk", "progressive", "truncated", "exif-rotated", "png"],
+)
+def test_only_jpegs_that_decode_the_same_on_both_sides_go_to_the_device(data, expected):
+    assert device_decodable(open_image(data), data) is expected
+
+
+def test_a_batch_decodes_like_pillow_and_a_bad_image_costs_only_itself():
+    images = [noise(seed=i) for i in range(3)] + [noise("L", seed=3)]
+    datas = [jpeg(img) for img in images]
+    bad = bogus_huffman_table(datas[1])
+    assert device_decodable(open_image(bad), bad)  # its header looks fine
+    results = decode_jpegs([EncodedJPEG(d) for d in [datas[0], bad, *datas[2:]]], "cpu")
+    assert isinstance(results[1], RuntimeError) and "Huffman" in str(results[1])
+    for result, data in zip([results[0], *results[2:]], [datas[0], *datas[2:]]):
+        expected = torch.from_numpy(np.array(PIL.Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+        assert result.dtype == torch.uint8 and torch.equal(result, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
+def test_nvjpeg_on_cuda_matches_the_cpu_decode_closely():
+    datas = [jpeg(noise(size=(640, 480), seed=i)) for i in range(8)]
+    on_gpu = decode_jpegs(datas, "cuda")
+    on_cpu = decode_jpegs(datas, "cpu")
+    for gpu, cpu in zip(on_gpu, on_cpu):
+        assert gpu.device.type == "cuda" and gpu.shape == cpu.shape
+        mse = (gpu.cpu().float() - cpu.float()).pow(2).mean().item()
+        assert 10 * np.log10(255**2 / max(mse, 1e-10)) >= 40
