@@ -17,8 +17,9 @@ Sections and their rows:
                (the baseline) and on the GPU (input already there), and whether both give the
                same bits.
     jpeg       Decoding 512 distinct 640x480 quality-90 photograph-like JPEGs: Pillow
-               (``open`` + ``convert("RGB")``) on one core is the baseline; torchcodec's
-               ``decode_jpeg`` on the CPU, one image at a time; on the GPU (nvJPEG), in batches of
+               (``open`` + ``convert("RGB")``) on one core is the baseline; the ``decode_jpeg``
+               that ``decode_jpeg_on_device`` uses (torchcodec's, else torchvision's) on the CPU,
+               one image at a time; on the GPU (nvJPEG), in batches of
                64 and 256. Images/s and ratio to the baseline; mean |GPU - Pillow| of one image.
     video      One 81-frame clip (frames 20..100) of a 5 s, 24 fps, 832x480 h264 mp4 with a
                keyframe every 2 s: torchcodec ``VideoDecoder`` (opened per clip, exact seek,
@@ -245,15 +246,17 @@ def section_normalize(report: Report, sizes: Sizes, cuda: bool, workers: list[in
 
 def section_jpeg(report: Report, sizes: Sizes, cuda: bool, workers: list[int]) -> None:
     import PIL.Image
-    from torchcodec.decoders import decode_jpeg
 
+    from fastgen_dm.decode.jpeg import jpeg_decoder
+
+    library, decode = jpeg_decoder()  # what decode_jpeg_on_device uses: torchcodec, else torchvision
     start = time.perf_counter()
     jpegs = make_jpegs(sizes.jpegs, 640, 480)
     kb = sum(map(len, jpegs)) / len(jpegs) / 1e3
     print(
         f"  made {len(jpegs)} JPEGs 640x480 q90, {kb:.0f} KB each, in {time.perf_counter() - start:.1f} s", flush=True
     )
-    encoded = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]  # torchcodec's input
+    encoded = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]  # the decoders' input
     n = len(jpegs)
 
     def pillow() -> None:
@@ -263,16 +266,16 @@ def section_jpeg(report: Report, sizes: Sizes, cuda: bool, workers: list[int]) -
     with torch_threads(1):
         base = n / timed(pillow, sizes.repeats)
         report.row("Pillow, 1 core (baseline)", base, "images/s", "1.00x")
-        rate = n / timed(lambda: [decode_jpeg(e, mode="RGB") for e in encoded], sizes.repeats)
-        report.row("torchcodec decode_jpeg, CPU, one at a time", rate, "images/s", f"{rate / base:.2f}x")
+        rate = n / timed(lambda: [decode([e], "cpu") for e in encoded], sizes.repeats)
+        report.row(f"{library} decode_jpeg, CPU, one at a time", rate, "images/s", f"{rate / base:.2f}x")
 
     def on_gpu(chunks: list[list[torch.Tensor]]) -> None:
         for chunk in chunks:
-            decode_jpeg(chunk, mode="RGB", device="cuda")
+            decode(chunk, "cuda")
 
     for batch in sizes.jpeg_batches:
         batch = min(batch, n)
-        label = f"torchcodec decode_jpeg, GPU, batches of {batch}"
+        label = f"{library} decode_jpeg, GPU, batches of {batch}"
         if not cuda:
             report.row(label, None)
             continue
@@ -280,7 +283,7 @@ def section_jpeg(report: Report, sizes: Sizes, cuda: bool, workers: list[int]) -
         rate = n / timed(functools.partial(on_gpu, chunks), sizes.repeats, cuda=True)
         report.row(label, rate, "images/s", f"{rate / base:.1f}x")
     if cuda:
-        gpu = decode_jpeg(encoded[0], mode="RGB", device="cuda").cpu().permute(1, 2, 0)
+        gpu = decode(encoded[:1], "cuda")[0].cpu().permute(1, 2, 0)
         pil = torch.from_numpy(np.asarray(PIL.Image.open(io.BytesIO(jpegs[0])).convert("RGB")))
         report.check("mean |GPU - Pillow| of one image (0..255)", f"{(gpu.float() - pil.float()).abs().mean():.3f}")
     else:

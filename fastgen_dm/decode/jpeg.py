@@ -1,4 +1,4 @@
-"""JPEG decoding on a device: nvJPEG on CUDA, through torchcodec (torchvision's ``decode_jpeg`` successor).
+"""JPEG decoding on a device: nvJPEG on CUDA, through torchcodec (or torchvision, see :func:`jpeg_decoder`).
 
 A DataLoader worker only reads the JPEG's header (:func:`device_decodable`) and passes the
 bytes on as :class:`EncodedJPEG`; after the batch reaches the GPU, :func:`decode_jpegs` decodes
@@ -13,7 +13,7 @@ progressive, truncated, rotated) is decoded by the workers as before.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import PIL.Image
 import torch
@@ -40,23 +40,41 @@ def device_decodable(img: PIL.Image.Image, data: bytes) -> bool:
     return "exif" not in img.info or img.getexif().get(_EXIF_ORIENTATION, 1) == 1
 
 
+JPEGDecoder = Callable[[list[torch.Tensor], "torch.device | str"], list[torch.Tensor]]
+
+
+def jpeg_decoder() -> tuple[str, JPEGDecoder]:
+    """The library and its batched ``(encoded uint8 tensors on the CPU, device) -> RGB images on device``.
+
+    torchcodec's ``decode_jpeg`` (torchcodec >= 0.16); on older stacks, torchvision's, which
+    it replaces (the same nvJPEG on CUDA, and no EXIF rotation either).
+    """
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except ImportError:
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_jpeg as decode_jpeg_torchvision
+
+        return "torchvision", lambda sources, device: decode_jpeg_torchvision(sources, mode=ImageReadMode.RGB, device=device)
+    return "torchcodec", lambda sources, device: decode_jpeg(sources, mode="RGB", device=device)
+
+
 def decode_jpegs(datas: Sequence[bytes], device: torch.device | str) -> list[torch.Tensor | Exception]:
     """Decode JPEGs on ``device``: uint8 [3, H, W] RGB each, or the exception that image raised.
 
     One batched call first (nvJPEG's fast path); if any image fails, each is decoded alone, so
     one bad image costs only its own result.
     """
-    from torchcodec.decoders import decode_jpeg
-
+    _, decode = jpeg_decoder()
     sources = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
     try:
-        return list(decode_jpeg(sources, mode="RGB", device=device))
+        return list(decode(sources, device))
     except (RuntimeError, ValueError):
         pass
     results: list[torch.Tensor | Exception] = []
     for source in sources:
         try:
-            results.append(decode_jpeg(source, mode="RGB", device=device))
+            results.append(decode([source], device)[0])
         except (RuntimeError, ValueError) as err:
             results.append(err)
     return results

@@ -245,11 +245,14 @@ def test_a_jpeg_that_fails_on_the_device_is_dropped_counted_and_named(tmp_path, 
     assert "skipping bad sample 000001" in caplog.text and "broken data stream" in caplog.text  # Pillow, the second try
 
 
-def test_a_trainer_decodes_jpegs_on_its_device(shards, tmp_path):
+@pytest.mark.parametrize(
+    "accelerator", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+)
+def test_a_trainer_decodes_jpegs_on_its_device(shards, tmp_path, accelerator):
     dm = ImageWDSDataModule([f"WDS:{shards}"], batch_size=16, input_res=RES, num_workers=2,
                             index_dir=str(tmp_path / "i"), decode_jpeg_on_device=True)  # fmt: skip
     model = _Recorder()
-    trainer = lightning.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+    trainer = lightning.Trainer(accelerator=accelerator, devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
     trainer.fit(model, datamodule=dm)
     assert len(model.seen) == 3 and all(dtype == torch.float32 and -1 <= lo <= hi <= 1 for dtype, lo, hi in model.seen)

@@ -84,3 +84,14 @@ def test_nvjpeg_on_cuda_matches_the_cpu_decode_closely():
         assert gpu.device.type == "cuda" and gpu.shape == cpu.shape
         mse = (gpu.cpu().float() - cpu.float()).pow(2).mean().item()
         assert 10 * np.log10(255**2 / max(mse, 1e-10)) >= 40
+
+
+def test_without_torchcodecs_image_decoders_torchvisions_decode_the_same(monkeypatch):
+    import torchcodec.decoders
+
+    datas = [jpeg(noise(seed=i)) for i in range(3)] + [jpeg(noise("L", seed=3))]
+    with_torchcodec = decode_jpegs(datas, "cpu")
+    monkeypatch.delattr(torchcodec.decoders, "decode_jpeg")  # torchcodec < 0.16, as on older stacks
+    with pytest.warns(DeprecationWarning, match="TorchVision"):  # torchvision 0.29 points to torchcodec
+        with_torchvision = decode_jpegs(datas, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(with_torchcodec, with_torchvision))
