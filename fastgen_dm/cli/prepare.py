@@ -19,23 +19,26 @@ def _output_dir(args: argparse.Namespace) -> Path:
 
 def _prepare_demo(args: argparse.Namespace) -> int:
     from fastgen_dm.prepare import write_demo_zip
-    from fastgen_dm.prepare.demo_wds import SHARD_COUNTS_FILE, write_demo_shards
+    from fastgen_dm.prepare.demo_wds import SHARD_COUNTS_FILE, write_demo_media_shards, write_demo_shards
 
-    if args.num_samples < 1:  # checked before the zip is written, not after
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    for flag, value in (("--num-samples", args.num_samples), ("--num-media", args.num_media)):
+        if value < 1:  # checked before anything is written, not after
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     path = _output_dir(args) / "demo" / f"demo-{args.resolution}x{args.resolution}.zip"
     if path.exists() and not args.force:
         print(f"{path} exists (use --force to rewrite it)")
     else:
         write_demo_zip(path, args.num_images, args.resolution, args.num_classes, args.seed, show_progress=True)
         print(f"wrote {args.num_images} images of {args.num_classes} classes to {path}")
-    for kind in ("image_latent", "video_latent", "pair", "path"):
+    latent = [(kind, write_demo_shards, args.num_samples, f"{kind} samples") for kind in ("image_latent", "video_latent", "pair", "path")]
+    media = [(kind, write_demo_media_shards, args.num_media, kind) for kind in ("images", "videos")]
+    for kind, write, count, what in latent + media:
         folder = _output_dir(args) / "demo" / "wds" / kind
         if (folder / SHARD_COUNTS_FILE).exists() and not args.force:
             print(f"{folder} exists (use --force to rewrite it)")
             continue
-        shards = write_demo_shards(folder, kind, args.num_samples, seed=args.seed, show_progress=True)
-        print(f"wrote {args.num_samples} {kind} samples in {len(shards)} shards to {folder}")
+        shards = write(folder, kind, count, seed=args.seed, show_progress=True)
+        print(f"wrote {count} {what} in {len(shards)} shards to {folder}")
     return 0
 
 
@@ -109,10 +112,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     demo = datasets.add_parser(
         "demo",
         parents=[common],
-        help="a small labelled dataset of drawn shapes (EDM zip) and latent WebDataset shards, made locally",
-        description="Write demo/demo-RxR.zip: drawn shapes per class in the EDM zip format, and "
+        help="a small labelled dataset of drawn shapes (EDM zip) and WebDataset shards of every family, made locally",
+        description="Write demo/demo-RxR.zip: drawn shapes per class in the EDM zip format; "
         "demo/wds/{image_latent,video_latent,pair,path}/: WebDataset shards of each latent family with "
-        "shard_counts.json and neg_condition.pth; no network needed. "
+        "shard_counts.json and neg_condition.pth; and demo/wds/{images,videos}/: captioned JPEGs and h264 "
+        "mp4 clips of the shapes for ImageWDSDataModule and VideoWDSDataModule; no network needed. "
         "Example: fastgen prepare demo --num-images 4096 --num-samples 1024",
     )
     demo.add_argument("--num-images", type=int, default=2048, help="images to write (default: 2048)")
@@ -120,6 +124,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--num-classes", type=int, default=4, help="classes (shape kinds) (default: 4)")
     demo.add_argument(
         "--num-samples", type=int, default=256, help="samples of each latent family's shards (default: 256)"
+    )
+    demo.add_argument(
+        "--num-media", type=int, default=64, help="captioned JPEGs, and as many mp4 clips, to write (default: 64)"
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the drawing and the shards (default: 0)")
     demo.set_defaults(handler=_prepare_demo)

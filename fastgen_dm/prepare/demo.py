@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from fastgen_dm.prepare.edm_zip import EDMZipWriter
 
-__all__ = ["write_demo_latent_zip", "write_demo_zip"]
+__all__ = ["draw_shape", "write_demo_latent_zip", "write_demo_zip"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +138,29 @@ def _draw_demo_image(
     margin = radius * 1.1 + 0.03 * size
     cx, cy = rng.uniform(margin, size - margin, size=2)
     angle = rng.uniform(-1.0, 1.0) * math.radians(10)
+    s = _SUPERSAMPLE  # a power of two: dividing and multiplying back is exact
+    return draw_shape(label, (resolution, resolution), (cx / s, cy / s), radius / s, angle, foreground, background)
 
-    canvas = PIL.Image.new("RGB", (size, size), background)
-    _SHAPES[label % len(_SHAPES)](PIL.ImageDraw.Draw(canvas), cx, cy, radius, angle, foreground)
-    return canvas.resize((resolution, resolution), PIL.Image.Resampling.LANCZOS)
+
+def draw_shape(
+    shape: int,
+    size: tuple[int, int],
+    centre: tuple[float, float],
+    radius: float,
+    angle: float,
+    foreground: tuple[int, int, int],
+    background: tuple[int, int, int],
+) -> PIL.Image.Image:
+    """Shape kind ``shape`` (0 circle, 1 square, 2 triangle, 3 plus, 4 ring, 5 diamond, 6 cross,
+    7 star, then again) on a plain background: an RGB image of ``size`` (width, height).
+
+    ``centre`` and ``radius`` are in output pixels; ``angle`` rotates the shape (radians). Drawn
+    at 4x and downsampled with Lanczos, so edges are smooth.
+    """
+    s = _SUPERSAMPLE
+    canvas = PIL.Image.new("RGB", (size[0] * s, size[1] * s), background)
+    _SHAPES[shape % len(_SHAPES)](PIL.ImageDraw.Draw(canvas), centre[0] * s, centre[1] * s, radius * s, angle, foreground)
+    return canvas.resize(size, PIL.Image.Resampling.LANCZOS)
 
 
 def write_demo_zip(

@@ -1,4 +1,7 @@
-"""Small demo WebDataset shards for every latent family, generated locally.
+"""Small demo WebDataset shards for every family, generated locally.
+
+Raw media for ``ImageWDSDataModule`` and ``VideoWDSDataModule``: :func:`write_demo_media_shards`
+(captioned JPEGs or h264 clips of drawn shapes). Latents, pairs and paths:
 
 ``write_demo_shards(folder, kind)`` writes ``folder/00000.tar, 00001.tar, ...`` in the layout
 FastGen's latent loaders read, plus ``folder/neg_condition.pth`` (a negative-prompt embedding,
@@ -42,14 +45,18 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
+import PIL.Image
 import torch
 from tqdm import tqdm
 
-__all__ = ["DemoKind", "write_demo_shards"]
+from fastgen_dm.prepare.demo import _rgb, draw_shape
+
+__all__ = ["DemoKind", "MediaKind", "write_demo_media_shards", "write_demo_shards"]
 
 logger = logging.getLogger(__name__)
 
 DemoKind = Literal["image_latent", "video_latent", "pair", "path"]
+MediaKind = Literal["images", "videos"]
 
 # Default latent shape and allowed ranks per kind; the id seeds each kind's samples apart.
 _KINDS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
@@ -66,6 +73,13 @@ _NUM_CLASSES = len(_CAPTIONS)
 _MTIME = 946684800  # 2000-01-01T00:00:00Z: every tar member gets it, so the bytes do not depend on the clock
 _SHARD_NAME = re.compile(r"\d{5}\.tar")
 SHARD_COUNTS_FILE = "shard_counts.json"
+
+# Raw media: class c is _CAPTIONS[c], drawn as what the caption says (draw_shape's kinds, hues).
+_MEDIA_IDS = {"images": 5, "videos": 6}  # seed streams, apart from the latent kinds' and the negative prompt's
+_MEDIA_SHAPES = (0, 1, 2, 7)  # circle, square, triangle, star
+_MEDIA_HUES = (0.0, 1 / 3, 2 / 3, 1 / 6)  # red, green, blue, yellow
+MEDIA_SIZE = (96, 64)  # (width, height): not square, so the loaders' resize and center crop have work
+VIDEO_FRAMES, VIDEO_FPS, VIDEO_GOP = 32, 24, 8  # 1.3 s clips with a keyframe every 8 frames (seeks have work)
 NEG_CONDITION_FILE = "neg_condition.pth"
 
 
@@ -150,6 +164,56 @@ def _samples(
         yield members
 
 
+def _media_samples(kind: str, num_samples: int, seed: int) -> Iterator[list[tuple[str, bytes]]]:
+    """For each sample: a JPEG (``jpg``) or an h264 mp4 (``mp4``) of a drawn shape, ``txt``, ``json``."""
+    width, height = MEDIA_SIZE
+    for i in range(num_samples):
+        label = i % _NUM_CLASSES
+        rng = _rng(seed, _MEDIA_IDS[kind], 1, i)
+        background = _rgb(rng.uniform(), rng.uniform(0.0, 0.3), rng.uniform(0.1, 0.35))
+        foreground = _rgb(_MEDIA_HUES[label], rng.uniform(0.75, 1.0), rng.uniform(0.85, 1.0))
+        radius = rng.uniform(0.2, 0.32) * height
+        margin = radius * 1.1 + 2
+        low, high = np.array([margin, margin]), np.array([width - margin, height - margin])
+        start, angle = rng.uniform(low, high), rng.uniform(-0.2, 0.2)
+
+        def draw(centre: np.ndarray, turn: float = 0.0) -> PIL.Image.Image:
+            return draw_shape(_MEDIA_SHAPES[label], MEDIA_SIZE, tuple(centre), radius, angle + turn, foreground, background)
+
+        if kind == "images":
+            buffer = io.BytesIO()
+            draw(start).save(buffer, "JPEG", quality=90)
+            media = ("jpg", buffer.getvalue())
+        else:  # the shape glides to another point and turns
+            end, spin = rng.uniform(low, high), rng.uniform(-1.0, 1.0) * np.pi / 2
+            steps = np.linspace(0.0, 1.0, VIDEO_FRAMES)
+            media = ("mp4", _h264_mp4([np.asarray(draw(start + (end - start) * t, spin * t)) for t in steps]))
+        caption = f"{_STYLES[int(rng.integers(len(_STYLES)))]} {_CAPTIONS[label]}"
+        score = round(float(rng.uniform(3.0, 7.0)), 4)
+        yield [media, ("txt", caption.encode("utf-8")), ("json", json.dumps({"aesthetic_score": score}).encode("utf-8"))]
+
+
+def _h264_mp4(frames: Sequence[np.ndarray]) -> bytes:
+    """RGB frames (H, W, 3) uint8 -> an h264 mp4 (yuv420p, ``VIDEO_FPS``), the same bytes on every run."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=VIDEO_FPS)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        # The same bytes on every run need a constant quantizer (x264's rate control varies between
+        # runs) and one thread.
+        stream.codec_context.thread_count = 1
+        stream.options = {"g": str(VIDEO_GOP), "qp": "23", "threads": "1"}
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = index
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -220,7 +284,59 @@ def write_demo_shards(
     text_dim = _validate_int("text_dim", text_dim, 1)
     path_steps = _validate_int("path_steps", path_steps, 1)
 
-    folder = Path(folder)
+    samples = _samples(kind_name, num_samples, seed, shape, text_len, text_dim, path_steps)
+    shards = _write_shards(Path(folder), samples, num_samples, samples_per_shard, f"demo {kind_name} shards", show_progress)
+    negative = _rng(seed, len(_KINDS)).standard_normal((text_len, text_dim))
+    _write_atomic(Path(folder) / NEG_CONDITION_FILE, _tensor_bytes(negative))
+    logger.info("wrote %d demo %s samples in %d shards to %s", num_samples, kind_name, len(shards), folder)
+    return shards
+
+
+def write_demo_media_shards(
+    folder: str | os.PathLike[str],
+    kind: MediaKind,
+    num_samples: int = 64,
+    samples_per_shard: int = 16,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> list[Path]:
+    """Write demo WebDataset shards of raw media, for ``ImageWDSDataModule`` and ``VideoWDSDataModule``.
+
+    Sample ``i`` (key ``f"{i:08d}"``) is class ``i % 4`` and shows what its caption says ("a photo
+    of a red circle", "... a green square", "... a blue triangle", "... a yellow star") on a dark
+    background, at ``MEDIA_SIZE`` (96x64): ``kind="images"`` a JPEG (``jpg``), ``kind="videos"`` a
+    32-frame h264 mp4 (``mp4``, 24 fps, a keyframe every 8 frames) in which the shape glides and
+    turns. Each also has ``txt`` (the caption) and ``json`` (``{"aesthetic_score": ...}``); the
+    folder gets ``shard_counts.json``. 64 videos take about a second; the same arguments give
+    the same bytes.
+
+    Args:
+        folder: Destination folder; created if missing.
+        kind: "images" or "videos".
+        num_samples: Samples in all, >= 1.
+        samples_per_shard: Samples per tar, >= 1.
+        seed: Seed, >= 0.
+        show_progress: Show a tqdm progress bar.
+
+    Returns:
+        The shard paths written, in order.
+    """
+    if kind not in _MEDIA_IDS:
+        raise ValueError(f"kind {kind!r} is unknown; use one of {', '.join(map(repr, get_args(MediaKind)))}")
+    num_samples = _validate_int("num_samples", num_samples, 1)
+    samples_per_shard = _validate_int("samples_per_shard", samples_per_shard, 1)
+    seed = _validate_int("seed", seed, 0)
+    samples = _media_samples(kind, num_samples, seed)
+    shards = _write_shards(Path(folder), samples, num_samples, samples_per_shard, f"demo {kind} shards", show_progress)
+    logger.info("wrote %d demo %s in %d shards to %s", num_samples, kind, len(shards), folder)
+    return shards
+
+
+def _write_shards(
+    folder: Path, samples: Iterator[list[tuple[str, bytes]]], num_samples: int, samples_per_shard: int, desc: str, show_progress: bool
+) -> list[Path]:
+    """``folder/00000.tar, ...`` of ``samples_per_shard`` samples (keys ``00000000``, ...) and
+    ``shard_counts.json``, each renamed into place when complete; stale shards of an earlier run removed."""
     folder.mkdir(parents=True, exist_ok=True)
     num_shards = -(-num_samples // samples_per_shard)
     shards = [folder / f"{s:05d}.tar" for s in range(num_shards)]
@@ -228,10 +344,8 @@ def write_demo_shards(
         if _SHARD_NAME.fullmatch(old.name) and old not in shards:
             logger.info("removing %s, a shard of an earlier demo that this one does not have", old)
             old.unlink()
-
-    samples = _samples(kind_name, num_samples, seed, shape, text_len, text_dim, path_steps)
     counts: dict[str, int] = {}
-    with tqdm(total=num_samples, desc=f"demo {kind_name} shards", unit="sample", disable=not show_progress) as bar:
+    with tqdm(total=num_samples, desc=desc, unit="sample", disable=not show_progress) as bar:
         for s, shard in enumerate(shards):
             first, stop = s * samples_per_shard, min((s + 1) * samples_per_shard, num_samples)
             tmp = shard.with_name(f".{shard.name}.part-{os.getpid()}")
@@ -245,9 +359,5 @@ def write_demo_shards(
             finally:
                 tmp.unlink(missing_ok=True)
             counts[shard.name] = stop - first
-
-    negative = _rng(seed, len(_KINDS)).standard_normal((text_len, text_dim))
-    _write_atomic(folder / NEG_CONDITION_FILE, _tensor_bytes(negative))
     _write_atomic(folder / SHARD_COUNTS_FILE, (json.dumps(counts, indent=1) + "\n").encode("utf-8"))
-    logger.info("wrote %d demo %s samples in %d shards to %s", num_samples, kind_name, len(shards), folder)
     return shards

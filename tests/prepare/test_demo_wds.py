@@ -1,7 +1,8 @@
-"""Tests for fastgen_dm.prepare.demo_wds: demo WebDataset shards of every latent family."""
+"""Tests for fastgen_dm.prepare.demo_wds: demo WebDataset shards of every latent family, raw images and videos."""
 
 from __future__ import annotations
 
+import colorsys
 import io
 import json
 import random
@@ -14,7 +15,8 @@ import torch
 import webdataset
 
 from fastgen_dm.cli.main import main
-from fastgen_dm.prepare.demo_wds import write_demo_shards
+from fastgen_dm import ImageWDSDataModule, VideoWDSDataModule
+from fastgen_dm.prepare.demo_wds import MEDIA_SIZE, VIDEO_FRAMES, write_demo_media_shards, write_demo_shards
 
 KINDS = ("image_latent", "video_latent", "pair", "path")
 
@@ -201,6 +203,10 @@ def test_cli_writes_zip_and_shards(tmp_path, capsys) -> None:
         assert json.loads((folder / "shard_counts.json").read_text()) == {"00000.tar": 5}
         assert (folder / "neg_condition.pth").exists()
         assert f"wrote 5 {kind} samples in 1 shards to {folder}" in out
+    for kind in ("images", "videos"):
+        folder = demo / "wds" / kind
+        assert json.loads((folder / "shard_counts.json").read_text()) == {"00000.tar": 16, "00001.tar": 16, "00002.tar": 16, "00003.tar": 16}
+        assert f"wrote 64 {kind} in 4 shards to {folder}" in out
     assert main(["prepare", "demo", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"{demo / 'demo-32x32.zip'} exists (use --force to rewrite it)" in out
@@ -216,3 +222,62 @@ def test_cli_rejects_bad_num_samples_before_writing(tmp_path, capsys) -> None:
     assert exit_info.value.code == 2
     assert "fastgen prepare demo: error: --num-samples must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+# --- raw media: what ImageWDSDataModule and VideoWDSDataModule read --------------------------------
+
+
+def _hue_of_shape(pixels: np.ndarray) -> float:
+    """The hue (0..1) of the brightest, most saturated pixels: the drawn shape's."""
+    rgb = pixels.reshape(-1, 3).astype(np.float64) / 255
+    saturation = rgb.max(1) - rgb.min(1)
+    shape = rgb[saturation > np.quantile(saturation, 0.9)].mean(0)
+    return colorsys.rgb_to_hsv(*shape)[0]
+
+
+@pytest.mark.parametrize("kind", ["images", "videos"])
+def test_media_shards_show_what_their_captions_say_and_load_in_their_datamodule(tmp_path, kind) -> None:
+    shards = write_demo_media_shards(tmp_path / kind, kind, num_samples=8, samples_per_shard=4)
+    assert [p.name for p in shards] == ["00000.tar", "00001.tar"]
+    assert json.loads((tmp_path / kind / "shard_counts.json").read_text()) == {"00000.tar": 4, "00001.tar": 4}
+    suffix = "jpg" if kind == "images" else "mp4"
+    members = _tar_members(shards[0])
+    assert sorted(members) == sorted(f"{i:08d}.{s}" for i in range(4) for s in (suffix, "txt", "json"))
+    hues = {"red": 0.0, "green": 1 / 3, "blue": 2 / 3, "yellow": 1 / 6}
+    if kind == "images":
+        dm = ImageWDSDataModule([f"WDS:{tmp_path / kind}"], batch_size=4, input_res=48, num_workers=0, shuffle=False,
+                                normalize_on_device=False, index_dir=str(tmp_path / "index"))  # fmt: skip
+    else:
+        dm = VideoWDSDataModule([f"WDS:{tmp_path / kind}"], batch_size=4, sequence_length=VIDEO_FRAMES, img_size=MEDIA_SIZE,
+                                decoder_type="full", backend="pyav", num_workers=0, shuffle=False,
+                                normalize_on_device=False, index_dir=str(tmp_path / "index"))  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    seen = 0
+    for batch in dm.train_dataloader():
+        for caption, real in zip(batch["condition"], batch["real"]):
+            frames = [real] if kind == "images" else [real[:, 0], real[:, -1]]  # a clip: its first and last frames
+            colour = caption.split()[-2]
+            for frame in frames:
+                pixels = ((frame.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+                hue = _hue_of_shape(pixels)
+                assert min(abs(hue - hues[colour]), 1 - abs(hue - hues[colour])) < 0.06, (caption, hue)
+            if kind == "videos":
+                assert not torch.equal(real[:, 0], real[:, -1])  # the shape moves
+            seen += 1
+    assert seen == 8
+
+
+def test_media_shards_are_the_same_bytes_for_the_same_seed(tmp_path) -> None:
+    for kind in ("images", "videos"):
+        a = write_demo_media_shards(tmp_path / "a" / kind, kind, num_samples=6, seed=2)
+        b = write_demo_media_shards(tmp_path / "b" / kind, kind, num_samples=6, seed=2)
+        c = write_demo_media_shards(tmp_path / "c" / kind, kind, num_samples=6, seed=3)
+        assert [x.read_bytes() for x in a] == [y.read_bytes() for y in b] != [z.read_bytes() for z in c]
+
+
+def test_media_arguments_are_checked(tmp_path) -> None:
+    with pytest.raises(ValueError, match="kind 'gifs' is unknown; use one of 'images', 'videos'"):
+        write_demo_media_shards(tmp_path, "gifs")
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1, got 0"):
+        write_demo_media_shards(tmp_path, "images", num_samples=0)
