@@ -290,36 +290,27 @@ def section_jpeg(report: Report, sizes: Sizes, cuda: bool, workers: list[int]) -
         report.check("mean |GPU - Pillow| of one image (0..255)", None)
 
 
-def h264_mp4(seconds: float, width: int, height: int, fps: int, gop: int) -> bytes:
+def panning_mp4(seconds: float, width: int, height: int, fps: int, gop: int) -> bytes:
     """A photograph-like scene panning 2 px a frame, with fresh brightness noise in every frame
-    (about bench_video's bitrate, like camera footage's), as h264 yuv420p in an mp4, in memory.
-    Made with PyAV (its wheels ship libx264) rather than bench_video's ffmpeg CLI, which the GPU
-    machine may lack."""
-    import av
+    (about bench_video's bitrate, like camera footage's), as an h264 mp4 in memory. Encoded with
+    PyAV rather than bench_video's ffmpeg CLI, which the GPU machine may lack."""
     from bench_images import photo_like
 
-    frames = round(seconds * fps)
-    scene = np.asarray(photo_like(width + 2 * frames, height, seed=0), dtype=np.int16)
+    from fastgen_dm.prepare.demo_wds import h264_mp4
+
+    count = round(seconds * fps)
+    scene = np.asarray(photo_like(width + 2 * count, height, seed=0), dtype=np.int16)
     rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.options = {"preset": "veryfast"}
-        for i in range(frames):
-            view = scene[:, 2 * i : 2 * i + width] + rng.integers(-6, 7, (height, width, 1), dtype=np.int16)
-            frame = av.VideoFrame.from_ndarray(view.clip(0, 255).astype(np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())  # flush the encoder
-    return buf.getvalue()
+    noise = (rng.integers(-6, 7, (height, width, 1), dtype=np.int16) for _ in range(count))
+    frames = ((scene[:, 2 * i : 2 * i + width] + n).clip(0, 255).astype(np.uint8) for i, n in enumerate(noise))
+    return h264_mp4(frames, fps=fps, gop=gop, qp=25)  # qp 25: about 1 MB for 5 s, bench_video's bitrate
 
 
 def section_video(report: Report, sizes: Sizes, cuda: bool, workers: list[int]) -> None:
     from torchcodec.decoders import VideoDecoder
 
     clip = list(range(20, 20 + 81))  # starts mid-GOP: the exact seek decodes from the keyframe at 0
-    data = h264_mp4(5, 832, 480, fps=24, gop=48)
+    data = panning_mp4(5, 832, 480, fps=24, gop=48)
     print(f"  video: 5 s, 120 frames 832x480, {len(data) / 1e6:.1f} MB; clip frames {clip[0]}..{clip[-1]}", flush=True)
 
     def decode(device: str):

@@ -35,12 +35,13 @@ seed, and the tars (fixed mtime, owner and order) are the same bytes on every ru
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -51,7 +52,7 @@ from tqdm import tqdm
 
 from fastgen_dm.prepare.demo import _rgb, draw_shape
 
-__all__ = ["DemoKind", "MediaKind", "write_demo_media_shards", "write_demo_shards"]
+__all__ = ["DemoKind", "MediaKind", "h264_mp4", "write_demo_media_shards", "write_demo_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,26 +188,32 @@ def _media_samples(kind: str, num_samples: int, seed: int) -> Iterator[list[tupl
         else:  # the shape glides to another point and turns
             end, spin = rng.uniform(low, high), rng.uniform(-1.0, 1.0) * np.pi / 2
             steps = np.linspace(0.0, 1.0, VIDEO_FRAMES)
-            media = ("mp4", _h264_mp4([np.asarray(draw(start + (end - start) * t, spin * t)) for t in steps]))
+            media = ("mp4", h264_mp4(np.asarray(draw(start + (end - start) * t, spin * t)) for t in steps))
         caption = f"{_STYLES[int(rng.integers(len(_STYLES)))]} {_CAPTIONS[label]}"
         score = round(float(rng.uniform(3.0, 7.0)), 4)
         yield [media, ("txt", caption.encode("utf-8")), ("json", json.dumps({"aesthetic_score": score}).encode("utf-8"))]
 
 
-def _h264_mp4(frames: Sequence[np.ndarray]) -> bytes:
-    """RGB frames (H, W, 3) uint8 -> an h264 mp4 (yuv420p, ``VIDEO_FPS``), the same bytes on every run."""
+def h264_mp4(frames: Iterable[np.ndarray], fps: int = VIDEO_FPS, gop: int = VIDEO_GOP, qp: int = 23) -> bytes:
+    """RGB frames (H, W, 3) uint8 -> an h264 mp4 (yuv420p) in memory, the same bytes on every run.
+
+    Made with PyAV (its wheels carry libx264), so no ffmpeg command is needed. Frames are
+    consumed one at a time. ``gop``: frames between keyframes; ``qp``: the constant quantizer.
+    """
     import av
 
+    frames = iter(frames)
+    first = next(frames)
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=VIDEO_FPS)
-        stream.height, stream.width = frames[0].shape[:2]
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = first.shape[:2]
         stream.pix_fmt = "yuv420p"
         # The same bytes on every run need a constant quantizer (x264's rate control varies between
         # runs) and one thread.
         stream.codec_context.thread_count = 1
-        stream.options = {"g": str(VIDEO_GOP), "qp": "23", "threads": "1"}
-        for index, frame in enumerate(frames):
+        stream.options = {"g": str(gop), "qp": str(qp), "threads": "1"}
+        for index, frame in enumerate(itertools.chain([first], frames)):
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts = index
             container.mux(stream.encode(picture))
