@@ -10,6 +10,9 @@ How bad samples are found (decided per family, by what it offers):
 - Families with ``skipped_index_dir`` (WebDataset) also write the keys each reader skipped to
   ``skipped-epoch*-rank*-worker*.json``; those files are the authoritative key lists, the log
   records give the causes.
+- A DataModule that decodes on the device (``decode_jpeg_on_device``, ``decode_on_device``) has
+  each batch decoded here as a Trainer would after the transfer (on the CPU), so samples that
+  fail there are found too (``skipped-rank0-device.json``).
 - A damaged WebDataset shard (cut or corrupt in the middle) is indexed only up to the damage, so
   the samples after it are never planned and never fail: each shard's member headers are walked
   (seeks, a few percent of the bytes), and a sample whose headers precede the damage but that
@@ -214,6 +217,8 @@ def _decode_epoch(dm: Any, show_progress: bool) -> tuple[int, int | None, str | 
     with tqdm(total=planned, unit="sample", desc="verify", disable=not show_progress) as bar:
         try:
             for batch in loader:
+                if getattr(dm, "decodes_on_device", False):  # what a Trainer decodes after the transfer, here on the CPU
+                    batch = dm.on_after_batch_transfer(batch, 0)
                 before = len(seen)
                 seen.update(batch_ids_of(batch))
                 bar.update(len(seen) - before)

@@ -307,6 +307,15 @@ def test_verify_video_shards_reports_the_broken_clip(video_shards, tmp_path, cap
     assert "VideoDecodeError: 1\n    000000.tar  broken  the video member is empty" in text
 
 
+def test_verify_decodes_after_the_transfer_where_the_datamodule_does(video_shards, tmp_path, capsys):
+    on_device = ["--data.batch_size", "2", "--data.backend", "torchcodec", "--data.decode_on_device", "true"]
+    assert run("verify", *video_args(video_shards, tmp_path / "index", *on_device), "--out", tmp_path / "ignore.json", "--no-progress") == 1
+    text = capsys.readouterr().out
+    assert "VideoWDSDataModule: 4 samples ok, 1 bad, 5 planned" in text
+    assert "VideoDecodeError: 1\n    000000.tar  broken  the video member is empty" in text
+    assert json.loads((tmp_path / "ignore.json").read_text()) == {"000000.tar": ["broken"]}
+
+
 def test_show_image_shards_undoes_the_normalization(demo_zip, tmp_path):
     with zipfile.ZipFile(demo_zip) as z:
         pngs = [n for n in z.namelist() if n.endswith(".png")][:6]
