@@ -5,11 +5,11 @@ How bad samples are found (decided per family, by what it offers):
 - Every reader logs each sample it skips through ``fastgen_dm.read.bad_data``
   ("skipping bad sample KEY in SOURCE: CAUSE: message"). A handler records those records as
   JSON lines, one file per process. Workers started by fork inherit it, so with fork (Linux) the
-  configured workers are kept; with spawn or forkserver they would not inherit it, and a family
-  that writes no skip files (the zip family) then runs with ``num_workers=0``.
-- Families with ``skipped_index_dir`` (WebDataset) also write the keys each reader skipped to
-  ``skipped-epoch*-rank*-worker*.json``; those files are the authoritative key lists, the log
-  records give the causes.
+  causes of every worker are kept; with spawn or forkserver they are not.
+- Families with ``skipped_index_dir`` (every family of this package) also write the keys each
+  reader skipped to ``skipped-epoch*-rank*-worker*.json``; those files are the authoritative key
+  lists, the log records give the causes. A DataModule without it is read with
+  ``num_workers=0`` where workers would not inherit the handler.
 - A DataModule that decodes on the device (``decode_jpeg_on_device``, ``decode_on_device``) has
   each batch decoded here as a Trainer would after the transfer (on the CPU), so samples that
   fail there are found too (``skipped-rank0-device.json``).
@@ -48,15 +48,15 @@ DESCRIPTION = (
     "index (the JSON that ignore_index_paths takes). Exit status 0 when every sample is good, 1 when some "
     "are bad (a damaged shard counts unless its lost samples are in the ignore index), 2 on a usage error.\n\n"
     "It sets shuffle=False, max_skip_fraction=1.0, sampler_start_idx=0, xflip=False, cache=False and "
-    "resampled=False where the DataModule has them. Workers are kept: WebDataset readers write the keys they "
-    "skip to files, and workers started by fork (Linux) also pass on their logged causes; elsewhere a family "
-    "without skip files (EDM zips) is read with num_workers=0. Damaged shards are found by walking every "
-    "shard's member headers."
+    "resampled=False where the DataModule has them. Workers are kept: readers write the keys they skip to "
+    "files, and workers started by fork (Linux) also pass on their logged causes. Damaged shards are found by "
+    "walking every shard's member headers."
 )
 EXAMPLES = (
     "fastgen verify --config configs/image_latent.yaml --out ignore.json",
     "fastgen verify --config configs/image_latent.yaml --data.ignore_index_paths '[\"ignore.json\"]'   # now exits 0",
     "fastgen verify --data DemoDataModule --data.batch_size 256 --max-report 5",
+    "fastgen verify --config configs/cifar10.yaml --out bad.json   # then --data.ignore_index_paths '[\"bad.json\"]'",
 )
 MESSAGE_CHARS = 160  # a bad sample's message is cut to this many characters in the report
 
@@ -324,7 +324,5 @@ def main(argv: list[str]) -> int:
         Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
         keys = sum(map(len, table.values()))
         print(f"wrote the ignore index ({keys} key{'s' * (keys != 1)} in {len(table)} shard{'s' * (len(table) != 1)}) to {args.out}")
-        if table and not hasattr(dm, "ignore_index_paths"):
-            print(f"note: {family_name(dm)} takes no ignore_index_paths; the file lists the bad members for you to remove")
     failed = bool(bad) or any(d.lost_keys for d in damaged) or stopped is not None
     return 1 if failed else 0

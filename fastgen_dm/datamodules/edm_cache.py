@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -35,8 +35,10 @@ def open_cache(path: str) -> np.ndarray:
 
 
 class _DecodeItems(Dataset):
-    def __init__(self, index: EDMIndex, shape: tuple[int, ...], dtype: np.dtype, storage_options: Mapping[str, Any] | None):
-        self.index, self.shape, self.dtype = index, shape, dtype
+    def __init__(
+        self, index: EDMIndex, shape: tuple[int, ...], dtype: np.dtype, storage_options: Mapping[str, Any] | None, skip: frozenset[int]
+    ):
+        self.index, self.shape, self.dtype, self.skip = index, shape, dtype, skip
         self.reader = EDMReader(index.source, index.is_zip, storage_options)
 
     def __len__(self) -> int:
@@ -45,11 +47,16 @@ class _DecodeItems(Dataset):
     def __getitem__(self, i: int) -> np.ndarray:
         from fastgen_dm.datamodules.edm_zip import decode_item
 
+        if i in self.skip:
+            return np.zeros(self.shape, self.dtype)  # an ignored item: never planned, never read
         member = self.index.members[i]
         try:
             array = decode_item(member, self.reader.read(member))
         except Exception as err:
-            raise ValueError(f"{self.index.source}: cannot decode {member}: {err}") from err
+            raise ValueError(
+                f"{self.index.source}: cannot decode {member}: {err}. List the bad items with "
+                "`fastgen verify ... --out ignore.json` and pass ignore_index_paths=['ignore.json']"
+            ) from err
         if array.shape != self.shape or array.dtype != self.dtype:
             raise ValueError(
                 f"{self.index.source}: {member} is {array.dtype}{list(array.shape)} but the first item is "
@@ -69,8 +76,10 @@ def build_cache(
     dtype: np.dtype,
     storage_options: Mapping[str, Any] | None = None,
     num_workers: int = 0,
+    skip: Sequence[int] = (),
 ) -> str:
-    """Decode every item of ``index`` into ``path`` unless it exists; atomic.
+    """Decode every item of ``index`` but those numbered in ``skip`` (left zero) into ``path``
+    unless it exists; atomic.
 
     Raises:
         ValueError: An item cannot be decoded or differs in shape (the message names it).
@@ -81,7 +90,7 @@ def build_cache(
     tmp = f"{path}.part-{os.getpid()}"
     logger.info("decoding %d items of %s into %s", len(index), index.source, path)
     loader = DataLoader(
-        _DecodeItems(index, shape, dtype, storage_options),
+        _DecodeItems(index, shape, dtype, storage_options, frozenset(int(i) for i in skip)),
         batch_size=_BUILD_BATCH,
         num_workers=num_workers,
         collate_fn=_stack,

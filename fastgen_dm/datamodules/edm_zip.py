@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -15,6 +16,7 @@ from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream
 from fastgen_dm.datamodules.edm_cache import build_cache, cache_path, open_cache
 from fastgen_dm.decode import decode_image, decoder_for
 from fastgen_dm.index import EDMIndex, scan_edm
+from fastgen_dm.index.datatags import load_ignore_index
 from fastgen_dm.plan import Cursor, SamplePlan, TailPolicy, rank_batches, worker_batch_ids
 from fastgen_dm.read import BadDataPolicy, EDMReader
 from fastgen_dm.storage import exists, fetch_once, is_local
@@ -63,6 +65,7 @@ class EDMStream(PlannedStream):
         cache_file: str | None,
         max_skip_fraction: float,
         storage_options: Mapping[str, Any] | None,
+        skipped_index_dir: str | None = None,
     ) -> None:
         self.index = index
         self.item_shape = item_shape
@@ -78,6 +81,7 @@ class EDMStream(PlannedStream):
         self.scale_on_cpu = scale_on_cpu
         self.cache_file = cache_file
         self.max_skip_fraction = max_skip_fraction
+        self.skipped_index_dir = skipped_index_dir
         self.reader = EDMReader(index.source, index.is_zip, storage_options)
 
     @property
@@ -91,11 +95,14 @@ class EDMStream(PlannedStream):
         batches = rank_batches(plan, self.rank)
         policy = BadDataPolicy(self.max_skip_fraction)
         store = open_cache(self.cache_file) if self.cache_file else None
-        for j in worker_batch_ids(len(batches), num_workers, worker_id):
-            batch = self._load(batches[j], store, policy)
-            if batch is not None:
-                yield batch
-        self.reader.close()
+        try:
+            for j in worker_batch_ids(len(batches), num_workers, worker_id):
+                batch = self._load(batches[j], store, policy)
+                if batch is not None:
+                    yield batch
+        finally:
+            self.reader.close()
+            policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")
 
     def _load(self, items: np.ndarray, store: np.ndarray | None, policy: BadDataPolicy) -> dict[str, Any] | None:
         raw = self.raw_idx[items]
@@ -169,6 +176,12 @@ class ImageFolderDataModule(PlannedDataModule):
             smaller last batch; "drop" leaves that step out.
         max_skip_fraction: Share of undecodable items tolerated (skipped, counted and logged)
             before training stops with an error; 0 stops at the first.
+        ignore_index_paths: JSON files ``{"<zip file name>": ["<member>", ...]}`` of items never to
+            read, e.g. ``{"cifar10-32x32.zip": ["00000/img00000005.png"]}`` (several merge; what
+            ``fastgen verify --out`` and ``skipped_index_dir`` write). Epochs count without them,
+            and ``cache`` skips them.
+        skipped_index_dir: Folder where each reader writes the items it skipped as bad, in the
+            ``ignore_index_paths`` format.
         cache_dir: Folder for the ``cache`` store; None puts it next to ``dataset_path``.
         storage_options: fsspec options (endpoint, credentials) for ``s3_path`` and remote paths.
     """
@@ -194,6 +207,8 @@ class ImageFolderDataModule(PlannedDataModule):
         normalize_on_device: bool = False,
         tail: TailPolicy = "pad",
         max_skip_fraction: float = 0.0,
+        ignore_index_paths: list[str] | None = None,
+        skipped_index_dir: str | None = None,
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -211,6 +226,8 @@ class ImageFolderDataModule(PlannedDataModule):
         self.resolution = resolution
         self.tail = tail
         self.max_skip_fraction = max_skip_fraction
+        self.ignore_index_paths = list(ignore_index_paths or [])
+        self.skipped_index_dir = skipped_index_dir
         self.cache_dir = cache_dir
         self.storage_options = storage_options
         self._validate()
@@ -246,7 +263,8 @@ class ImageFolderDataModule(PlannedDataModule):
             fetch_once(self.s3_path, self.dataset_path, self.storage_options)
         if self.cache:
             index, shape, dtype = self._scan()
-            build_cache(self._cache_file(index), index, shape, dtype, self.storage_options, self.num_workers)
+            ignored = self._ignored(index)
+            build_cache(self._cache_file(index, ignored), index, shape, dtype, self.storage_options, self.num_workers, ignored)
 
     def _missing_message(self) -> str:
         return f"dataset_path {self.dataset_path!r} does not exist; pass s3_path to fetch it, or create it with `fastgen prepare`"
@@ -257,21 +275,26 @@ class ImageFolderDataModule(PlannedDataModule):
         if not exists(self.dataset_path, self.storage_options):
             raise FileNotFoundError(self._missing_message())
         index, shape, dtype = self._scan()
+        ignored = self._ignored(index)
         raw_idx = self._subset(len(index))
+        raw_idx = raw_idx[~np.isin(raw_idx, ignored)]
+        if len(raw_idx) == 0:
+            raise ValueError(f"{self.dataset_path}: every item is in ignore_index_paths {self.ignore_index_paths}")
         flip = np.zeros(len(raw_idx), dtype=bool)
         if self.xflip:
             raw_idx, flip = np.tile(raw_idx, 2), np.concatenate([flip, ~flip])
         cache_file = None
         if self.cache:
-            cache_file = self._cache_file(index)
+            cache_file = self._cache_file(index, ignored)
             if not Path(cache_file).exists():
                 if self.trainer is not None and self.trainer.world_size > 1:
                     raise RuntimeError(f"cache {cache_file} is missing: prepare_data() builds it; was it skipped?")
-                build_cache(cache_file, index, shape, dtype, self.storage_options, self.num_workers)
+                build_cache(cache_file, index, shape, dtype, self.storage_options, self.num_workers, ignored)
         self.stream = EDMStream(
             index, shape, dtype, raw_idx, flip, self.use_labels, self.batch_size, self.seed, self.shuffle,
             self.tail, scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
             max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options,
+            skipped_index_dir=self.skipped_index_dir,
         )  # fmt: skip
         if self.cursor is None:
             n = len(raw_idx)
@@ -306,9 +329,24 @@ class ImageFolderDataModule(PlannedDataModule):
             raw_idx = np.sort(raw_idx[: self.max_size])
         return raw_idx
 
-    def _cache_file(self, index: EDMIndex) -> str:
+    def _ignored(self, index: EDMIndex) -> np.ndarray:
+        """Sorted item numbers that ``ignore_index_paths`` lists for this dataset (by file name or URL)."""
+        if not self.ignore_index_paths:
+            return np.zeros(0, dtype=np.int64)
+        table = load_ignore_index(self.ignore_index_paths, self.storage_options)
+        names = {self.dataset_path, index.source, posixpath.basename(self.dataset_path.rstrip("/"))}
+        listed = frozenset().union(*(table.get(name, frozenset()) for name in names))
+        position = {member: i for i, member in enumerate(index.members)}
+        unknown = sorted(listed - position.keys())
+        if unknown:
+            logger.warning("ignore_index_paths name %d members that %s does not hold, e.g. %s", len(unknown), self.dataset_path, unknown[0])
+        return np.array(sorted(position[m] for m in listed if m in position), dtype=np.int64)
+
+    def _cache_file(self, index: EDMIndex, ignored: np.ndarray) -> str:
+        # the ignored items' slots stay empty: a store built without them must not serve a run that reads them
         folder = self.cache_dir or str(Path(self.dataset_path).parent)
-        return cache_path(folder, Path(self.dataset_path).name, index.fingerprint)
+        fingerprint = index.fingerprint if len(ignored) == 0 else f"{index.fingerprint} ignoring {ignored.tolist()}"
+        return cache_path(folder, Path(self.dataset_path).name, fingerprint)
 
     def train_dataloader(self):
         if self.stream is None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -157,7 +154,7 @@ class WDSStream(PlannedStream):
                 previous = batch
                 yield batch
         finally:
-            self._write_skipped(decoder.policy, plan.epoch, worker_id)
+            decoder.policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")
 
     def _read(self, ids: np.ndarray, reader: ShardReader) -> list[tuple[str, str, Any]]:
         """(url, key, members) of each global sample id, in the plan's order."""
@@ -170,17 +167,6 @@ class WDSStream(PlannedStream):
                 items[k] = (shard.url, key, members)
         return items
 
-    def _write_skipped(self, policy: BadDataPolicy, epoch: int, worker_id: int) -> None:
-        write_skipped(self.skipped_index_dir, policy.skipped_keys, f"skipped-epoch{epoch}-rank{self.rank}-worker{worker_id}")
-
-
-def write_skipped(folder: str | None, skipped_keys: Mapping[str, Sequence[str]], name: str) -> None:
-    """Write ``{shard url: [key, ...]}`` as the ignore index ``<folder>/<name>.json`` (nothing without a folder or keys)."""
-    if folder is None or not skipped_keys:
-        return
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    table = {os.path.basename(url): sorted(set(keys)) for url, keys in skipped_keys.items()}
-    (Path(folder) / f"{name}.json").write_text(json.dumps(table, indent=1))
 
 
 class ResampledWDSStream(PlannedStream):
@@ -478,8 +464,7 @@ class WDSDataModule(PlannedDataModule):
             else:
                 self.device_bad_data.ok()
         if failures:
-            rank = self.placement()[0]
-            write_skipped(self.skipped_index_dir, self.device_bad_data.skipped_keys, f"skipped-rank{rank}-device")
+            self.device_bad_data.write_skipped(self.skipped_index_dir, f"skipped-rank{self.placement()[0]}-device")
         if len(failures) == len(batch["fname"]):
             if self._last_decoded is None:
                 raise RuntimeError(

@@ -7,9 +7,12 @@ fraction is checked against a ceiling.
 
 from __future__ import annotations
 
+import json
 import logging
+import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -58,3 +61,13 @@ class BadDataPolicy:
                 f"last: {key} in {source}: {cause}: {error}. Fix or drop the data (`fastgen verify` lists it), "
                 "or raise max_skip_fraction"
             ) from error
+
+    def write_skipped(self, folder: str | None, name: str) -> None:
+        """Write the skipped keys as the ignore index ``<folder>/<name>.json``, which
+        ``ignore_index_paths`` takes: ``{"<source file name>": ["<key>", ...]}``. Nothing without a
+        folder or a skip."""
+        if folder is None or not self.skipped_keys:
+            return
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        table = {posixpath.basename(source.rstrip("/")): sorted(set(keys)) for source, keys in self.skipped_keys.items()}
+        (Path(folder) / f"{name}.json").write_text(json.dumps(table, indent=1))

@@ -152,16 +152,18 @@ def test_verify_zip_with_workers_reports_bad_members(bad_zip, tmp_path, capsys):
     assert "ImageFolderDataModule: 62 samples ok, 2 bad, 64 planned" in text
     assert "UnidentifiedImageError: 2" in text
     assert "bad.zip  00000/img00000005.png" in text and "bad.zip  00000/img00000040.png" in text
-    assert "takes no ignore_index_paths" in text
     assert json.loads(out.read_text()) == {"bad.zip": ["00000/img00000005.png", "00000/img00000040.png"]}
+    code = run("verify", "--data", "ImageFolderDataModule", "--data.dataset_path", bad_zip, "--data.num_workers", "2",
+               "--data.ignore_index_paths", json.dumps([str(out)]), "--no-progress")  # fmt: skip
+    assert code == 0 and "ImageFolderDataModule: 62 samples ok, 0 bad, 62 planned" in capsys.readouterr().out
 
 
-def test_verify_zip_without_fork_reads_in_the_main_process(bad_zip, monkeypatch, capsys):
+def test_verify_zip_without_fork_keeps_its_workers_and_their_skip_files(bad_zip, monkeypatch, capsys):
     monkeypatch.setattr(verify, "workers_inherit_handlers", lambda: False)
     code = run("verify", "--data", "ImageFolderDataModule", "--data.dataset_path", bad_zip, "--data.num_workers", "2", "--no-progress")
     assert code == 1
     text = capsys.readouterr().out
-    assert "num_workers=0" in text and "62 samples ok, 2 bad" in text
+    assert "num_workers=0" not in text and "62 samples ok, 2 bad" in text
 
 
 def test_verify_clean_shards_exit_0(shards, tmp_path, capsys):

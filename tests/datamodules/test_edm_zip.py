@@ -1,6 +1,7 @@
 """The EDM zip family: batches, exactly once over workers, cache, flips, subsets, state."""
 
 import io
+import json
 import re
 import zipfile
 
@@ -236,6 +237,49 @@ def test_a_corrupt_png_stops_the_cache_build_naming_it(make_zip, tmp_path):
     with pytest.raises(ValueError, match=re.escape("cannot decode 00000/img00000003.png")):
         dm.prepare_data()
     assert not list((tmp_path / "c").glob("*"))  # no partial store left behind
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skipped_items_are_written_out_and_the_next_run_ignores_them(make_zip, tmp_path, num_workers):
+    path = make_zip(random_images(12, size=4), name="bad.zip")
+    for member in ("00000/img00000003.png", "00000/img00000010.png"):
+        corrupt_member(path, member)
+    first = ImageFolderDataModule(path, batch_size=4, num_workers=num_workers, max_skip_fraction=0.5,
+                                  skipped_index_dir=str(tmp_path / "skipped"))  # fmt: skip
+    assert sorted(torch.cat([b["idx"] for b in first.train_dataloader()]).tolist()) == [0, 1, 2, 4, 5, 6, 7, 8, 9, 11]
+    written = sorted(tmp_path.glob("skipped/skipped-epoch0-rank0-worker*.json"))
+    assert written and all(json.loads(p.read_text()).keys() == {"bad.zip"} for p in written)
+    # the next run, with max_skip_fraction=0: the ignored items are never read, so nothing is bad
+    second = ImageFolderDataModule(path, batch_size=4, num_workers=num_workers, ignore_index_paths=[str(p) for p in written])
+    second.setup("fit")
+    assert second.stream.num_samples == 10
+    assert sorted(torch.cat([b["idx"] for b in second.train_dataloader()]).tolist()) == [0, 1, 2, 4, 5, 6, 7, 8, 9, 11]
+
+
+def test_the_cache_leaves_ignored_items_out_and_is_not_shared_with_runs_that_read_them(make_zip, tmp_path):
+    path = make_zip(random_images(10, size=4), name="bad.zip")
+    corrupt_member(path, "00000/img00000003.png")
+    ignore = tmp_path / "ignore.json"
+    ignore.write_text(json.dumps({"bad.zip": ["00000/img00000003.png"]}))
+    dm = ImageFolderDataModule(path, batch_size=3, num_workers=0, cache=True, cache_dir=str(tmp_path / "c"),
+                               ignore_index_paths=[str(ignore)])  # fmt: skip
+    dm.prepare_data()
+    assert sorted(torch.cat([b["idx"] for b in dm.train_dataloader()]).tolist()) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    without = ImageFolderDataModule(path, batch_size=3, num_workers=0, cache=True, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=re.escape("cannot decode 00000/img00000003.png")):
+        without.prepare_data()  # its own store: the first one's zeros are not served for item 3
+
+
+def test_ignore_index_paths_that_name_nothing_here_warn_and_one_that_names_everything_is_an_error(make_zip, tmp_path, caplog):
+    path = make_zip(random_images(3, size=4), name="small.zip")
+    ignore = tmp_path / "ignore.json"
+    ignore.write_text(json.dumps({"small.zip": ["00000/img00000099.png"], "other.zip": ["00000/img00000000.png"]}))
+    dm = ImageFolderDataModule(path, batch_size=3, num_workers=0, ignore_index_paths=[str(ignore)])
+    dm.setup("fit")
+    assert dm.stream.num_samples == 3 and "name 1 members that" in caplog.text
+    ignore.write_text(json.dumps({"small.zip": [f"00000/img0000000{i}.png" for i in range(3)]}))
+    with pytest.raises(ValueError, match="every item is in ignore_index_paths"):
+        ImageFolderDataModule(path, batch_size=3, ignore_index_paths=[str(ignore)]).setup("fit")
 
 
 def test_mixed_shapes_are_reported_with_the_member(make_zip):
