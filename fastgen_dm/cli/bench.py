@@ -11,6 +11,9 @@ followed by a simulated step of ``--step-ms``. Reported:
   sequentially, before the loader runs (up to ``--raw-mb``). Loader bytes are decoded tensors,
   file bytes may be compressed, so the ratio can pass 1. The page cache is not dropped: after
   the first run both readings are from memory; run twice to compare warm with warm.
+
+A DataModule that decodes after the transfer (``decode_jpeg_on_device``, ``decode_on_device``)
+has that step timed with the loader, run here on the CPU as outside a Trainer.
 """
 
 from __future__ import annotations
@@ -320,10 +323,16 @@ def main(argv: list[str]) -> int:
             nbytes, seconds = raw_read(files, int(args.raw_mb * MB), getattr(dm, "storage_options", None))
             raw_mb_per_s = nbytes / MB / seconds if seconds > 0 else None
             print(f"raw read: {nbytes / MB:.1f} MB of {len(files)} file(s) in {seconds:.3f} s = {raw_mb_per_s or 0:.1f} MB/s")
+        decodes_later = getattr(dm, "decodes_on_device", False)
+        if decodes_later:
+            print("the DataModule decodes after the transfer: each batch is decoded here, on the CPU, and timed with the loader")
         results = []
         for workers in sweep if sweep is not None else [dm.num_workers]:
             dm.num_workers = workers
-            results.append(measure(dm.train_dataloader(), workers, args.batches, args.step_ms / 1000))
+            loader = dm.train_dataloader()
+            if decodes_later:
+                loader = (dm.on_after_batch_transfer(batch, 0) for batch in loader)
+            results.append(measure(loader, workers, args.batches, args.step_ms / 1000))
     except (FileNotFoundError, ValueError) as err:
         fail(parser, str(err))
     print(format_results(results, raw_mb_per_s))

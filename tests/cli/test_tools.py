@@ -19,7 +19,7 @@ from fastgen_dm import viz
 from fastgen_dm.cli import bench, show, verify
 from fastgen_dm.cli._datamodule import data_argv
 from fastgen_dm.cli.main import main
-from fastgen_dm.prepare import write_demo_shards, write_demo_zip
+from fastgen_dm.prepare import write_demo_media_shards, write_demo_shards, write_demo_zip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -219,6 +219,16 @@ def test_bench_shards(shards, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "raw read:" in text and "of 4 file(s)" in text
     assert "samples/s" in text
+
+
+def test_bench_times_the_decoding_after_the_transfer(tmp_path, capsys):
+    write_demo_media_shards(tmp_path / "images", "images", num_samples=16)
+    args = ["--data", "ImageWDSDataModule", "--data.datatags", json.dumps([f"WDS:{tmp_path / 'images'}"]), "--data.index_dir",
+            tmp_path / "index", "--data.input_res", "32", "--data.batch_size", "4", "--data.decode_jpeg_on_device", "true"]  # fmt: skip
+    assert run("bench", *args, "--batches", "2", "--workers", "0") == 0
+    text = capsys.readouterr().out
+    assert "decodes after the transfer: each batch is decoded here, on the CPU" in text
+    assert re.search(r"\n +0 +[\d.]+ +2 +[\d.]+ +[\d.]+ +[\d.]+x", text)  # workers 0, 2 batches timed
 
 
 def test_bench_refuses_a_bad_worker_list(capsys):
