@@ -42,7 +42,8 @@ class VideoWDSDataModule(WDSDataModule):
         video_keys: ``key_map`` outputs that hold videos. With several, each gets its own
             ``<key>_cropping_params``; with one, the batch has ``cropping_params``.
         decoder_type: ``"segment"``: a clip from a random start, drawn per sample from
-            ``(seed, epoch, shard URL, key)`` (the same on every run and any number of workers).
+            ``(seed, epoch, shard URL, key)`` (the same on every run and any number of workers;
+            with ``resampled=True`` also from the draw number, so a video drawn again gets another clip).
             ``"full"``: the first ``sequence_length`` frames (FastGen's ``full`` decodes the whole
             video and keeps those; here only they are decoded). ``"uniform"``: ``sequence_length``
             frames evenly spaced over the whole video.

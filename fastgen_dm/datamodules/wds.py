@@ -31,11 +31,16 @@ _NO_END = 1 << 62  # resampled streams never end: Lightning stops them with max_
 
 
 class SampleOrigin(NamedTuple):
-    """Where a sample comes from, for transforms that seed per sample (e.g. a video's clip start)."""
+    """Where a sample comes from, for transforms that seed per sample (e.g. a video's clip start).
+
+    ``draw``: in resampled mode, where a sample can be drawn many times, the reader's count of
+    samples drawn before this one (so each draw gets its own clip); None in epoch mode.
+    """
 
     url: str
     key: str
     epoch: int
+    draw: int | None = None
 
 
 #: A family's per-sample step after decoding: ``(sample, origin) -> sample``; raising = bad data.
@@ -74,17 +79,21 @@ class _Decoder:
             if dtype != expected[0] or not same_shape:
                 raise ValueError(f"{key!r} is {dtype}{list(shape)}, but earlier samples are {expected[0]}{list(expected[1])}")
 
-    def batch(self, items: Sequence[tuple[str, str, Any]], epoch: int) -> dict[str, Any] | None:
-        """``items``: (shard url, key, members or exception); None when every sample was dropped."""
+    def batch(self, items: Sequence[tuple[str, str, Any]], epoch: int, first_draw: int | None = None) -> dict[str, Any] | None:
+        """``items``: (shard url, key, members or exception); None when every sample was dropped.
+
+        ``first_draw``: the draw number of the first item (resampled mode), None in epoch mode.
+        """
         samples, fnames, shards = [], [], []
-        for url, key, members in items:
+        for k, (url, key, members) in enumerate(items):
             if isinstance(members, Exception):
                 self.policy.skip(url, key, members)
                 continue
             try:
                 sample = self.spec.decode(members)
                 if self.transform is not None:
-                    sample = self.transform(sample, SampleOrigin(url, key, epoch))
+                    draw = None if first_draw is None else first_draw + k
+                    sample = self.transform(sample, SampleOrigin(url, key, epoch, draw))
                 self._check_schema(sample)
             except SampleFilteredOut:
                 self.filtered += 1
@@ -190,6 +199,7 @@ class ResampledWDSStream(PlannedStream):
         buffer: list[tuple[str, str, Any]] = []
         buffered_bytes = 0
         pending: list[tuple[str, str, Any]] = []
+        drawn = 0  # samples handed to the decoder: a sample drawn again gets another draw number
         while True:
             shard = src.shards[rng.integers(len(src.shards))]
             for key, members in iter_shard(shard.url, src.storage_options):
@@ -202,7 +212,8 @@ class ResampledWDSStream(PlannedStream):
                     buffered_bytes -= sum(map(len, item[2].values())) if isinstance(item[2], dict) else 0
                     pending.append(item)
                     if len(pending) == src.batch_size:
-                        batch = decoder.batch(pending, plan.epoch)
+                        batch = decoder.batch(pending, plan.epoch, first_draw=drawn)
+                        drawn += len(pending)
                         pending = []
                         if batch is not None:
                             yield batch

@@ -42,17 +42,22 @@ class VideoTooShortError(VideoDecodeError):
 
 
 class EncodedVideo(NamedTuple):
-    """A video member's bytes with where it came from: the clip's random start is seeded by these."""
+    """A video member's bytes with where it came from: the clip's random start is seeded by these.
+
+    ``draw``: the sample's draw number in resampled mode (each draw its own clip), else None.
+    """
 
     data: bytes
     url: str
     key: str
     epoch: int
+    draw: int | None = None
 
 
-def clip_seed(seed: int, epoch: int, url: str, key: str) -> list[int]:
+def clip_seed(seed: int, epoch: int, url: str, key: str, draw: int | None = None) -> list[int]:
     """The entropy of one sample's clip: stable across processes and runs (crc32, never ``hash()``)."""
-    return [seed, epoch, zlib.crc32(url.encode("utf-8")), zlib.crc32(key.encode("utf-8"))]
+    words = [seed, epoch, zlib.crc32(url.encode("utf-8")), zlib.crc32(key.encode("utf-8"))]
+    return words if draw is None else [*words, draw + 1]  # + 1: a trailing 0 word would not change the seed
 
 
 def clip_indices(
@@ -171,10 +176,11 @@ class VideoClipTransform:
     """Per sample: decode a clip of each video key, resize/crop it, add its cropping parameters.
 
     Picklable (DataLoader workers receive a copy). Video members arrive as raw bytes, or as
-    :class:`EncodedVideo` carrying (shard URL, key, epoch): the ``segment`` start is then drawn from
-    ``numpy.random.default_rng(clip_seed(seed, epoch, url, key))``, the same on every run, process
-    and number of workers. Plain bytes (no origin known) seed from the bytes' crc32 and a count of
-    the videos this copy has seen.
+    :class:`EncodedVideo` carrying (shard URL, key, epoch, draw): the ``segment`` start is then
+    drawn from ``numpy.random.default_rng(clip_seed(seed, epoch, url, key, draw))``, the same on
+    every run, process and number of workers (``draw`` numbers the draws of resampled mode, where
+    a video comes round again and should get another clip). Plain bytes (no origin known) seed
+    from the bytes' crc32 and a count of the videos this copy has seen.
 
     Args:
         sequence_length: Frames per clip.
@@ -217,7 +223,7 @@ class VideoClipTransform:
         """Decode each video key's clip; ``origin`` (url, key, epoch) seeds the ``segment`` start."""
         out = dict(sample)
         for key in self.video_keys:
-            value = out[key] if origin is None else EncodedVideo(out[key], origin.url, origin.key, origin.epoch)
+            value = out[key] if origin is None else EncodedVideo(out[key], origin.url, origin.key, origin.epoch, origin.draw)
             if self.defer:
                 out[key] = value
                 continue
@@ -229,7 +235,7 @@ class VideoClipTransform:
     def rng_for(self, value: EncodedVideo | bytes) -> np.random.Generator:
         """The generator of one video's clip start: by origin when known, else by content and draw count."""
         if isinstance(value, EncodedVideo):
-            return np.random.default_rng(clip_seed(self.seed, value.epoch, value.url, value.key))
+            return np.random.default_rng(clip_seed(self.seed, value.epoch, value.url, value.key, value.draw))
         self._draws[0] += 1
         return np.random.default_rng([self.seed, zlib.crc32(value), self._draws[0]])
 

@@ -212,12 +212,23 @@ def test_a_stuck_decode_is_skipped_and_counted(shards, tmp_path, monkeypatch):
     assert skipped_keys(tmp_path) == ["bad_audio_only", "bad_empty", "bad_truncated", "good1", "good4", "good7", "short"]
 
 
-def test_resampled_mode_decodes_clips_too(shards, tmp_path):
-    """The endless stream has no position to reproduce: its clips are seeded by the video's bytes."""
-    dm = make(shards, tmp_path, backend="pyav", resampled=True, shuffle_buffer_bytes=1)
-    stream = iter(dm.train_dataloader())
-    batches = [next(stream) for _ in range(4)]
-    assert all(b["real"].shape[1:] == (3, LENGTH, SIZE[1], SIZE[0]) and b["fname"][0].startswith("good") for b in batches)
+def test_resampled_mode_gives_a_video_drawn_again_another_clip_and_repeats_with_the_seed(shards, tmp_path):
+    """The endless stream draws videos again and again: each draw is seeded by its draw number."""
+
+    def draws(folder):
+        dm = make(shards, folder, backend="pyav", resampled=True, shuffle_buffer_bytes=1)
+        stream = iter(dm.train_dataloader())
+        batches = [next(stream) for _ in range(12)]
+        assert all(b["real"].shape[1:] == (3, LENGTH, SIZE[1], SIZE[0]) for b in batches)
+        return [(key, clip) for b in batches for key, clip in zip(b["fname"], b["real"])]
+
+    first, again = draws(tmp_path / "a"), draws(tmp_path / "b")
+    assert [k for k, _ in first] == [k for k, _ in again] and all(torch.equal(a, b) for (_, a), (_, b) in zip(first, again))
+    clips_by_key: dict[str, list[torch.Tensor]] = {}
+    for key, clip in first:
+        clips_by_key.setdefault(key, []).append(clip)
+    repeated = [clips for clips in clips_by_key.values() if len(clips) > 1]
+    assert repeated and any(not torch.equal(clips[0], other) for clips in repeated for other in clips[1:])
 
 
 def device_clips(dm):
@@ -321,7 +332,8 @@ def test_segment_starts_cover_every_position_and_follow_the_seed():
     assert starts == {0, 1, 2, 3}  # span 7 in 10 frames
     a = clip_indices(500, 81, rng=np.random.default_rng(clip_seed(0, 0, "s3://b/000001.tar", "k")))
     assert a.tolist() == clip_indices(500, 81, rng=np.random.default_rng(clip_seed(0, 0, "s3://b/000001.tar", "k"))).tolist()
-    others = [clip_seed(0, 1, "s3://b/000001.tar", "k"), clip_seed(0, 0, "s3://b/000002.tar", "k"), clip_seed(1, 0, "s3://b/000001.tar", "k")]
+    others = [clip_seed(0, 1, "s3://b/000001.tar", "k"), clip_seed(0, 0, "s3://b/000002.tar", "k"), clip_seed(1, 0, "s3://b/000001.tar", "k"),
+              clip_seed(0, 0, "s3://b/000001.tar", "k", draw=0), clip_seed(0, 0, "s3://b/000001.tar", "k", draw=1)]  # fmt: skip
     assert all(clip_indices(500, 81, rng=np.random.default_rng(s))[0] != a[0] for s in others)
 
 
