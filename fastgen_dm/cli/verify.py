@@ -2,9 +2,9 @@
 
 How bad samples are found (decided per family, by what it offers):
 
-- Every reader logs each sample it skips through ``fastgen_dm.read.bad_data``
-  ("skipping bad sample KEY in SOURCE: CAUSE: message"). A handler records those records as
-  JSON lines, one file per process. Workers started by fork inherit it, so with fork (Linux) the
+- Every reader logs each sample it skips through ``fastgen_dm.read.bad_data``, the record
+  carrying ``bad_sample`` (source, key, cause, message). A handler writes those as JSON lines,
+  one file per process. Workers started by fork inherit it, so with fork (Linux) the
   causes of every worker are kept; with spawn or forkserver they are not.
 - Families with ``skipped_index_dir`` (every family of this package) also write the keys each
   reader skipped to ``skipped-epoch*-rank*-worker*.json``; those files are the authoritative key
@@ -89,7 +89,8 @@ class DamagedShard:
 
 
 class SkipRecorder(logging.Handler):
-    """Writes each "skipping bad sample" record as a JSON line to ``folder/skips-<pid>.jsonl``.
+    """Writes each bad sample that ``BadDataPolicy`` logs (its record's ``bad_sample``) as a JSON
+    line to ``folder/skips-<pid>.jsonl``.
 
     One file per process, opened on the first record in that process (a forked worker reopens
     rather than sharing the parent's file object).
@@ -102,11 +103,8 @@ class SkipRecorder(logging.Handler):
         self._pid: int | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        args = record.args if isinstance(record.args, tuple) else ()
-        if len(args) == 4:  # BadDataPolicy.skip: (key, source, cause, error)
-            key, source, cause, error = args
-            entry = {"source": str(source), "key": str(key), "cause": str(cause), "message": str(error)}
-        else:
+        entry = getattr(record, "bad_sample", None)  # set by BadDataPolicy.skip
+        if entry is None:
             entry = {"source": "", "key": "", "cause": "unparsed", "message": record.getMessage()}
         if self._pid != os.getpid():
             self._file = open(self.folder / f"skips-{os.getpid()}.jsonl", "a", encoding="utf-8")

@@ -54,7 +54,9 @@ class BadDataPolicy:
         cause = type(error).__name__
         self.causes[cause] += 1
         self.skipped_keys[source].append(key)
-        logger.warning("skipping bad sample %s in %s: %s: %s", key, source, cause, error)
+        # ``bad_sample`` on the record: what tools (``fastgen verify``) read, rather than parsing the text
+        bad_sample = {"source": str(source), "key": str(key), "cause": cause, "message": str(error)}
+        logger.warning("skipping bad sample %s in %s: %s: %s", key, source, cause, error, extra={"bad_sample": bad_sample})
         if self.skipped > self.max_skip_fraction * max(self.seen, self.grace_samples):
             raise TooManyBadSamplesError(
                 f"{self.skipped} of {self.seen} samples were bad (max_skip_fraction={self.max_skip_fraction}); "

@@ -193,6 +193,23 @@ def test_verify_damaged_shards_then_their_ignore_index_makes_it_pass(damaged_sha
     assert json.loads(again.read_text()) == table  # the earlier ignore index is carried over
 
 
+def test_the_recorder_keeps_what_the_bad_data_policy_logs(tmp_path):
+    from fastgen_dm.read import BadDataPolicy, bad_data
+
+    recorder = verify.SkipRecorder(tmp_path)
+    bad_data.logger.addHandler(recorder)
+    try:
+        BadDataPolicy(max_skip_fraction=1.0).skip("s3://b/00003.tar", "k7", KeyError("'jpg' missing"))
+        bad_data.logger.warning("some other warning")
+    finally:
+        bad_data.logger.removeHandler(recorder)
+        recorder.close()
+    assert verify.read_recorded(tmp_path) == [
+        {"source": "s3://b/00003.tar", "key": "k7", "cause": "KeyError", "message": "\"'jpg' missing\""},
+        {"source": "", "key": "", "cause": "unparsed", "message": "some other warning"},
+    ]
+
+
 def test_merge_bad_takes_causes_from_records_and_keys_from_skip_files():
     records = [{"source": "s3://b/p/0.tar", "key": "a", "cause": "KeyError", "message": "no 'latent.pth'"}]
     bad = verify.merge_bad(records, {"0.tar": {"a", "b"}})
