@@ -1,15 +1,7 @@
 """Batch layer: the dictionaries training code receives."""
 
-from fastgen_dm.batch.collate import one_hot, zip_batch
-from fastgen_dm.batch.wds import (
-    MissingKeyError,
-    SampleFilteredOut,
-    SampleSpec,
-    drop_rows,
-    load_constants,
-    preset,
-    wds_batch,
-)
+from fastgen_dm.batch.collate import drop_rows, one_hot, wds_batch, zip_batch
+from fastgen_dm.batch.wds import MissingKeyError, SampleFilteredOut, SampleSpec, load_constants, preset
 
 __all__ = [
     "MissingKeyError",

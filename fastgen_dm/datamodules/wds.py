@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from fastgen_dm.batch.wds import SampleFilteredOut, SampleSpec, drop_rows, load_constants, wds_batch
+from fastgen_dm.batch import SampleFilteredOut, SampleSpec, drop_rows, load_constants, wds_batch
 from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream
 from fastgen_dm.index.datatags import (
     Shard,

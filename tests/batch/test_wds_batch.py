@@ -22,8 +22,8 @@ from fastgen_dm.batch.wds import (
     SampleSpec,
     load_constants,
     preset,
-    wds_batch,
 )
+from fastgen_dm.batch.collate import wds_batch
 from fastgen_dm.decode import PickleRefusedError
 
 SHARED_PRESETS = Path(__file__).resolve().parents[3] / "shared" / "compat" / "presets.json"
