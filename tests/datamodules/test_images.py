@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import tarfile
 
 import lightning
 import numpy as np
@@ -12,8 +13,9 @@ import torch
 import webdataset
 
 from fastgen_dm import ImageWDSDataModule
+from fastgen_dm.prepare import write_demo_media_shards
 from fastgen_dm.transform.image import normalize_pixels
-from helpers import bogus_huffman_table
+from helpers import bogus_huffman_table, fit_probe, flat, global_streams
 
 RES = 24
 
@@ -263,3 +265,22 @@ def test_a_trainer_decodes_jpegs_on_its_device(shards, tmp_path, accelerator):
 def test_device_decoding_refuses_options_it_cannot_honour(kwargs):
     with pytest.raises(ValueError, match="decode_jpeg_on_device=True resizes on the device"):
         ImageWDSDataModule(["WDS:/nowhere"], decode_jpeg_on_device=True, **kwargs)
+
+
+def test_ddp_with_decoding_after_the_transfer_delivers_every_good_sample_once(tmp_path):
+    folder = tmp_path / "media"
+    shards = write_demo_media_shards(folder, "images", num_samples=30, samples_per_shard=10)
+    with tarfile.open(shards[1]) as tar:  # one JPEG that parses but does not decode, in the second shard
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shards[1], "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members:
+            data = bogus_huffman_table(data) if member.name == "00000013.jpg" else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    dm = ImageWDSDataModule([f"WDS:{folder}"], batch_size=4, input_res=RES, num_workers=1, seed=2, max_skip_fraction=0.5,
+                            index_dir=str(tmp_path / "index"), decode_jpeg_on_device=True)  # fmt: skip
+    dm.prepare_data()
+    fit_probe(dm, tmp_path / "record", devices=2)
+    for steps in global_streams(tmp_path / "record").values():
+        keys = [i.rsplit("/", 1)[-1] for i in flat(steps)]
+        assert sorted(keys) == [f"{i:08d}" for i in range(30) if i != 13]  # each once, across both ranks
