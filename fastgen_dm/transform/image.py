@@ -211,7 +211,7 @@ class ImageTransform:
         keys: Sample keys that hold images (default ``("real",)``).
         device_jpeg: Leave JPEGs that the device decodes like the CPU
             (:func:`~fastgen_dm.decode.jpeg.device_decodable`) undecoded: :meth:`image` returns
-            their :class:`~fastgen_dm.decode.jpeg.EncodedJPEG` bytes and :meth:`decode_on_device`
+            bytes in an :class:`~fastgen_dm.decode.jpeg.EncodedJPEG` and :meth:`decode_on_device`
             finishes them after the transfer. Needs ``normalize=False`` and ``exact_resize=False``.
     """
 
@@ -275,8 +275,8 @@ class ImageTransform:
         """
         out: list[torch.Tensor | Exception] = list(values)
         pending = [i for i, value in enumerate(values) if isinstance(value, EncodedJPEG)]
-        for i, decoded in zip(pending, decode_jpegs([values[i] for i in pending], device)):
-            out[i] = self._cpu_decode(values[i], device) if isinstance(decoded, Exception) else self._resize_crop(decoded)
+        for i, decoded in zip(pending, decode_jpegs([values[i].data for i in pending], device)):
+            out[i] = self._cpu_decode(values[i].data, device) if isinstance(decoded, Exception) else self._resize_crop(decoded)
         return out
 
     def _cpu_decode(self, data: bytes, device: torch.device | str) -> torch.Tensor | Exception:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -41,17 +41,21 @@ class VideoTooShortError(VideoDecodeError):
     """A video has fewer frames than the clip needs and ``short_video="skip"`` (bad data)."""
 
 
-class EncodedVideo(NamedTuple):
+class EncodedVideo:
     """A video member's bytes with where it came from: the clip's random start is seeded by these.
 
     ``draw``: the sample's draw number in resampled mode (each draw its own clip), else None.
+    Deliberately not a tuple or dataclass: Lightning's batch transfer and the DataLoader's
+    pinning would walk into it and rebuild ``data`` from one int per byte; other objects pass.
     """
 
-    data: bytes
-    url: str
-    key: str
-    epoch: int
-    draw: int | None = None
+    __slots__ = ("data", "url", "key", "epoch", "draw")
+
+    def __init__(self, data: bytes, url: str, key: str, epoch: int, draw: int | None = None) -> None:
+        self.data, self.url, self.key, self.epoch, self.draw = bytes(data), url, key, epoch, draw
+
+    def __repr__(self) -> str:
+        return f"EncodedVideo(<{len(self.data)} bytes>, {self.url!r}, {self.key!r}, epoch={self.epoch}, draw={self.draw})"
 
 
 def clip_seed(seed: int, epoch: int, url: str, key: str, draw: int | None = None) -> list[int]:

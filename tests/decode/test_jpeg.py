@@ -68,7 +68,7 @@ def test_a_batch_decodes_like_pillow_and_a_bad_image_costs_only_itself():
     datas = [jpeg(img) for img in images]
     bad = bogus_huffman_table(datas[1])
     assert device_decodable(open_image(bad), bad)  # its header looks fine
-    results = decode_jpegs([EncodedJPEG(d) for d in [datas[0], bad, *datas[2:]]], "cpu")
+    results = decode_jpegs([datas[0], bad, *datas[2:]], "cpu")
     assert isinstance(results[1], RuntimeError) and "Huffman" in str(results[1])
     for result, data in zip([results[0], *results[2:]], [datas[0], *datas[2:]]):
         expected = torch.from_numpy(np.array(PIL.Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
@@ -95,3 +95,19 @@ def test_without_torchcodecs_image_decoders_torchvisions_decode_the_same(monkeyp
     with pytest.warns(DeprecationWarning, match="TorchVision"):  # torchvision 0.29 points to torchcodec
         with_torchvision = decode_jpegs(datas, "cpu")
     assert all(torch.equal(a, b) for a, b in zip(with_torchcodec, with_torchvision))
+
+
+def test_encoded_payloads_cross_the_transfer_and_pinning_untouched():
+    """Lightning's batch transfer and the DataLoader's pinning walk into sequences item by item;
+    the payloads must be passed through as they are, not rebuilt from one int per byte."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from fastgen_dm.transform.video import EncodedVideo
+
+    jpeg_payload, video = EncodedJPEG(jpeg(noise())), EncodedVideo(b"\x00" * 1000, "s3://b/0.tar", "k", 0, 3)
+    batch = {"real": [jpeg_payload, torch.zeros(3)], "clip": [video], "fname": ["k"]}
+    for moved in (move_data_to_device(batch, torch.device("cpu")), pin_memory(batch) if torch.cuda.is_available() else batch):
+        assert moved["real"][0] is jpeg_payload and moved["clip"][0] is video
+    assert repr(video) == "EncodedVideo(<1000 bytes>, 's3://b/0.tar', 'k', epoch=0, draw=3)"
+
