@@ -45,9 +45,7 @@ def device_decodable(img: PIL.Image.Image, data: bytes) -> bool:
 
     Baseline 8-bit JPEG, mode "L" or "RGB", ending in EOI, no EXIF orientation other than 1.
     """
-    if img.format != "JPEG" or img.mode not in ("L", "RGB") or img.info.get("progressive"):
-        return False
-    if not bytes(data[-2:]) == _EOI:
+    if img.format != "JPEG" or img.mode not in ("L", "RGB") or img.info.get("progressive") or bytes(data[-2:]) != _EOI:
         return False
     return "exif" not in img.info or img.getexif().get(_EXIF_ORIENTATION, 1) == 1
 

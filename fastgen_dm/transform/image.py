@@ -263,7 +263,6 @@ class ImageTransform:
             pixels = pixels[:, top : top + res, left : left + res].contiguous()
         return normalize_pixels(pixels, self.mean, self.std) if self.normalize else pixels
 
-
     def decode_on_device(self, values: Sequence[Any], device: torch.device | str) -> list[torch.Tensor | Exception]:
         """One image key's rows after the transfer: each :class:`EncodedJPEG` decoded on ``device``
         (one batched nvJPEG call on CUDA), resized and cropped there; rows the workers decoded pass
