@@ -13,6 +13,9 @@ Rows for ImageWDSDataModule:
                       the copy (that scaling is not on the CPU and is not timed here)
     float on CPU      normalize_on_device=False: float32 in [-1, 1], like the baseline
     exact_resize      full-size decode and Pillow's resize, float on CPU (FastGen's exact values)
+    decode_jpeg_on_device (workers only)
+                      the workers' share when JPEGs decode on the GPU: header checks and the bytes
+                      passed on; the decode after the transfer is not timed (benchmarks/bench_gpu.py)
 
     python benchmarks/bench_images.py [--images 1024] [--size 640x480] [--res 256,512] [--workers 1] [--epochs 5]
 """
@@ -141,6 +144,7 @@ def main() -> None:
                 ("uint8 (default)", {}),
                 ("float on CPU", {"normalize_on_device": False}),
                 ("exact_resize, float on CPU", {"normalize_on_device": False, "exact_resize": True}),
+                ("decode_jpeg_on_device (workers only)", {"decode_jpeg_on_device": True}),
             ):
                 dm = ImageWDSDataModule(
                     [f"WDS:{folder}"], batch_size=args.batch_size, input_res=res, num_workers=args.workers,
