@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bench_images (photo_like, write_shards)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bench_images.write_shards
 
 NO_CUDA = "skipped: no CUDA device"
 GB = 1e9
@@ -185,7 +185,7 @@ def torch_threads(n: int):
 
 def jpeg_bytes(seed: int, width: int, height: int) -> bytes:
     """One distinct photograph-like JPEG at quality 90 (top level, so pool processes can run it)."""
-    from bench_images import photo_like
+    from fastgen_dm.prepare.demo import photo_like
 
     buf = io.BytesIO()
     photo_like(width, height, seed).save(buf, "JPEG", quality=90)
@@ -294,7 +294,7 @@ def panning_mp4(seconds: float, width: int, height: int, fps: int, gop: int) -> 
     """A photograph-like scene panning 2 px a frame, with fresh brightness noise in every frame
     (about bench_video's bitrate, like camera footage's), as an h264 mp4 in memory. Encoded with
     PyAV rather than bench_video's ffmpeg CLI, which the GPU machine may lack."""
-    from bench_images import photo_like
+    from fastgen_dm.prepare.demo import photo_like
 
     from fastgen_dm.prepare.demo_wds import h264_mp4
 

@@ -26,11 +26,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
+import PIL.ImageFilter
 from tqdm import tqdm
 
 from fastgen_dm.prepare.edm_zip import EDMZipWriter
 
-__all__ = ["draw_shape", "write_demo_latent_zip", "write_demo_zip"]
+__all__ = ["draw_shape", "photo_like", "write_demo_latent_zip", "write_demo_zip"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,27 @@ def draw_shape(
     canvas = PIL.Image.new("RGB", (size[0] * s, size[1] * s), background)
     _SHAPES[shape % len(_SHAPES)](PIL.ImageDraw.Draw(canvas), centre[0] * s, centre[1] * s, radius * s, angle, foreground)
     return canvas.resize(size, PIL.Image.Resampling.LANCZOS)
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
+    """A photograph stand-in, RGB ``width`` x ``height``: smooth gradients, objects with hard edges,
+    lens blur and sensor noise, so codecs and resizers meet what photographs give them (the
+    tests' and benchmarks' test images). Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    side = max(width, height)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32) / side
+    img = np.full((height, width, 3), 128, np.float32)
+    for c in range(3):
+        for _ in range(4):
+            fx, fy, phase = rng.uniform(0.3, 3), rng.uniform(0.3, 3), rng.uniform(0, 2 * np.pi)
+            img[..., c] += rng.uniform(20, 50) * np.sin(2 * np.pi * (fx * x + fy * y) + phase)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, height / side), rng.uniform(0.03, 0.2)
+        disc = (x - cx) ** 2 + (y - cy) ** 2 < r * r
+        img[disc] = img[disc] * 0.4 + rng.uniform(0, 255, 3) * 0.6
+    blurred = PIL.Image.fromarray(img.clip(0, 255).astype(np.uint8)).filter(PIL.ImageFilter.GaussianBlur(0.8))
+    noisy = np.asarray(blurred, np.float32) + rng.normal(0, 3, (height, width, 3))
+    return PIL.Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
 
 
 def write_demo_zip(

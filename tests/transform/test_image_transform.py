@@ -6,12 +6,12 @@ import re
 
 import numpy as np
 import PIL.Image
-import PIL.ImageFilter
 import PIL.JpegImagePlugin
 import pytest
 import torch
 from torchvision import transforms as T
 
+from fastgen_dm.prepare.demo import photo_like
 from fastgen_dm.transform.image import (
     ImageTransform,
     center_crop_offsets,
@@ -21,25 +21,6 @@ from fastgen_dm.transform.image import (
     scale_to_unit,
     to_rgb,
 )
-
-
-def photo_like(width, height, seed=0):
-    """A photograph stand-in: smooth gradients, objects with hard edges, lens blur, sensor noise."""
-    rng = np.random.default_rng(seed)
-    side = max(width, height)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32) / side
-    img = np.full((height, width, 3), 128, np.float32)
-    for c in range(3):
-        for _ in range(4):
-            fx, fy, phase = rng.uniform(0.3, 3), rng.uniform(0.3, 3), rng.uniform(0, 2 * np.pi)
-            img[..., c] += rng.uniform(20, 50) * np.sin(2 * np.pi * (fx * x + fy * y) + phase)
-    for _ in range(12):
-        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, height / side), rng.uniform(0.03, 0.2)
-        disc = (x - cx) ** 2 + (y - cy) ** 2 < r * r
-        img[disc] = img[disc] * 0.4 + rng.uniform(0, 255, 3) * 0.6
-    blurred = PIL.Image.fromarray(img.clip(0, 255).astype(np.uint8)).filter(PIL.ImageFilter.GaussianBlur(0.8))
-    noisy = np.asarray(blurred, np.float32) + rng.normal(0, 3, (height, width, 3))
-    return PIL.Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
 
 
 def encode(img, fmt, **params):
