@@ -18,7 +18,7 @@ from fastgen_dm.decode import decode_image, decoder_for
 from fastgen_dm.index import EDMIndex, scan_edm
 from fastgen_dm.index.datatags import load_ignore_index
 from fastgen_dm.plan import Cursor, SamplePlan, TailPolicy, rank_batches, worker_batch_ids
-from fastgen_dm.read import BadDataPolicy, EDMReader
+from fastgen_dm.read import BadDataPolicy, EDMReader, keep_stepping
 from fastgen_dm.storage import exists, fetch_once, is_local
 from fastgen_dm.transform import hwc_to_chw, scale_to_unit
 
@@ -96,10 +96,8 @@ class EDMStream(PlannedStream):
         policy = BadDataPolicy(self.max_skip_fraction)
         store = open_cache(self.cache_file) if self.cache_file else None
         try:
-            for j in worker_batch_ids(len(batches), num_workers, worker_id):
-                batch = self._load(batches[j], store, policy)
-                if batch is not None:
-                    yield batch
+            lost_or_loaded = (self._load(batches[j], store, policy) for j in worker_batch_ids(len(batches), num_workers, worker_id))
+            yield from keep_stepping(lost_or_loaded, f"rank {self.rank} worker {worker_id}")
         finally:
             self.reader.close()
             policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -18,8 +19,8 @@ from fastgen_dm.index.datatags import (
     resolve_datatags,
 )
 from fastgen_dm.index.wds import index_shards, save_index
-from fastgen_dm.plan import Cursor, SamplePlan, TailPolicy, locate, rank_batches, shard_epoch_order, shard_offsets, worker_batch_ids
-from fastgen_dm.read import BadDataPolicy
+from fastgen_dm.plan import Cursor, SamplePlan, ShardOrder, TailPolicy, worker_batch_ids
+from fastgen_dm.read import BadDataPolicy, keep_stepping
 from fastgen_dm.read.tar import iter_shard
 from fastgen_dm.read.wds import ShardReader
 from fastgen_dm.storage import list_shards, parse_datatag
@@ -121,61 +122,69 @@ class SampleSource:
     max_skip_fraction: float
     storage_options: Mapping[str, Any] | None = None
     transform: SampleTransform | None = None
+    offsets_dir: str | None = None
 
     def decoder(self) -> _Decoder:
         return _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction), self.transform)
 
 
 class WDSStream(PlannedStream):
-    """Batches of a sharded dataset following the sample plan (epoch mode)."""
+    """Batches of a sharded dataset following the sample plan (epoch mode).
 
-    def __init__(self, source: SampleSource, shuffle: bool, tail: TailPolicy, window: int, skipped_index_dir: str | None = None) -> None:
+    Args:
+        source: What to read and how to turn samples into batches.
+        shuffle: Shuffle shards and blocks each epoch (see :class:`fastgen_dm.plan.ShardOrder`).
+        tail: The plan's tail policy.
+        block: Consecutive samples of a shard read with one request.
+        interleave: Shards whose blocks alternate in the order.
+        prefetch_batches: Batches a reader keeps in flight ahead of the one being decoded.
+        skipped_index_dir: Where readers write the keys they skipped.
+    """
+
+    def __init__(
+        self,
+        source: SampleSource,
+        *,
+        shuffle: bool,
+        tail: TailPolicy,
+        block: int = 1,
+        interleave: int = 1,
+        prefetch_batches: int = 2,
+        skipped_index_dir: str | None = None,
+    ) -> None:
         self.source = source
-        self.offsets = shard_offsets([s.count for s in source.shards])
-        self.shuffle, self.tail, self.window = shuffle, tail, window
+        self.counts = np.array([s.count for s in source.shards], dtype=np.int64)
+        self.shuffle, self.tail = shuffle, tail
+        self.block, self.interleave, self.prefetch_batches = block, interleave, prefetch_batches
         self.skipped_index_dir = skipped_index_dir
 
     @property
     def num_samples(self) -> int:
-        return int(self.offsets[-1])
+        return int(self.counts.sum())
 
     def plan_for(self, epoch: int, start: int) -> SamplePlan:
         src = self.source
         return SamplePlan(self.num_samples, src.batch_size, self.world_size, src.seed, epoch, self.shuffle, start, self.tail)
 
+    def order_for(self, epoch: int) -> ShardOrder:
+        """The epoch's order of (shard, sample) pairs, computed per position."""
+        return ShardOrder(
+            self.counts, seed=self.source.seed, epoch=epoch, shuffle=self.shuffle, block=self.block, interleave=self.interleave
+        )
+
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         src = self.source
-        order = shard_epoch_order([s.count for s in src.shards], src.seed, plan.epoch, self.shuffle, self.window)
-        batches = rank_batches(plan, self.rank, order)
-        reader = ShardReader(src.storage_options)
+        order = self.order_for(plan.epoch)
+        steps = worker_batch_ids(plan.rank_num_batches(self.rank), num_workers, worker_id)
+        wanted = (order.locate(plan.batch_positions(self.rank, j)) for j in steps)
+        reader = ShardReader(src.storage_options, offsets_dir=src.offsets_dir)
         decoder = src.decoder()
-        previous = None
         try:
-            for j in worker_batch_ids(len(batches), num_workers, worker_id):
-                batch = decoder.batch(self._read(batches[j], reader), plan.epoch)
-                if batch is None:
-                    # Every sample of this batch was bad: yield the previous one again rather than
-                    # nothing, so this rank still steps with the others (an absent batch hangs DDP).
-                    if previous is None:
-                        raise RuntimeError(f"every sample of the first batch of rank {self.rank} worker {worker_id} was bad or filtered")
-                    logger.warning("rank %d worker %d: batch %d lost every sample; repeating the previous batch", self.rank, worker_id, j)
-                    batch = previous
-                previous = batch
-                yield batch
+            batches = (decoder.batch(items, plan.epoch) for items in reader.prefetch(src.shards, wanted, self.prefetch_batches))
+            yield from keep_stepping(batches, f"rank {self.rank} worker {worker_id}")
         finally:
+            reader.close()
             decoder.policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")
-
-    def _read(self, ids: np.ndarray, reader: ShardReader) -> list[tuple[str, str, Any]]:
-        """(url, key, members) of each global sample id, in the plan's order."""
-        shard_ids, local = locate(ids, self.offsets)
-        items: list[Any] = [None] * len(ids)
-        for s in np.unique(shard_ids):
-            positions = np.flatnonzero(shard_ids == s)
-            shard = self.source.shards[s]
-            for k, (key, members) in zip(positions, reader.read(shard, local[positions])):
-                items[k] = (shard.url, key, members)
-        return items
-
 
 
 class ResampledWDSStream(PlannedStream):
@@ -258,8 +267,13 @@ class WDSDataModule(PlannedDataModule):
         resampled: Endless stream drawing shards with replacement (FastGen's training
             behaviour); no epochs, no exact resume, no counts needed.
         shuffle: Shuffle shards and samples each epoch by ``(seed, epoch)``.
-        shuffle_window_bytes: Samples are shuffled within windows of about this many bytes of
-            the shard-shuffled sequence (a window, not a buffer: no memory is held for it).
+        read_block_bytes: Bytes of consecutive samples of one shard read with one request (a
+            *block*): at least one sample, and at most half a batch, so a batch always mixes
+            several shards. Larger blocks mean fewer, larger requests (what object stores want);
+            smaller ones more shards per batch. See docs/performance.md.
+        interleave: Shards whose blocks alternate in the epoch's order, so consecutive batches of
+            a GPU come from many shards; it costs no request.
+        prefetch_batches: Batches each reader keeps in flight ahead of the one it decodes.
         shuffle_buffer_bytes: Shuffle buffer of ``resampled`` mode, in bytes.
         sampler_start_idx: Global sample count to start at when no checkpoint is restored.
         seed: Seed of every shuffle.
@@ -315,7 +329,9 @@ class WDSDataModule(PlannedDataModule):
         train: bool = True,
         resampled: bool = False,
         shuffle: bool = True,
-        shuffle_window_bytes: int = 64 << 20,
+        read_block_bytes: int = 2 << 20,
+        interleave: int = 64,
+        prefetch_batches: int = 2,
         shuffle_buffer_bytes: int = 256 << 20,
         sampler_start_idx: int = 0,
         seed: int = 0,
@@ -349,7 +365,8 @@ class WDSDataModule(PlannedDataModule):
         self.shard_count_file = shard_count_file
         self.ignore_index_paths = list(ignore_index_paths or [])
         self.resampled = resampled
-        self.shuffle_window_bytes, self.shuffle_buffer_bytes = shuffle_window_bytes, shuffle_buffer_bytes
+        self.read_block_bytes, self.interleave, self.prefetch_batches = read_block_bytes, interleave, prefetch_batches
+        self.shuffle_buffer_bytes = shuffle_buffer_bytes
         self.sampler_start_idx = sampler_start_idx
         self.tail = tail
         self.max_skip_fraction = max_skip_fraction
@@ -373,8 +390,11 @@ class WDSDataModule(PlannedDataModule):
         overlap = set(self.files_map) & set(self.spec.key_map) | set(self.presets_map) & set(self.spec.key_map)
         if overlap:
             raise ValueError(f"keys {sorted(overlap)} are both in key_map and in files_map/presets_map; each output key has one source")
-        if self.shuffle_window_bytes < 1 or self.shuffle_buffer_bytes < 1:
-            raise ValueError("shuffle_window_bytes and shuffle_buffer_bytes must be positive")
+        for name in ("read_block_bytes", "interleave", "shuffle_buffer_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
         if self.sampler_start_idx < 0:
             raise ValueError(f"sampler_start_idx must be >= 0, got {self.sampler_start_idx}")
         if self.tail not in ("pad", "drop"):
@@ -382,8 +402,12 @@ class WDSDataModule(PlannedDataModule):
 
     # -- Lightning hooks -------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Once per node: index local datatags that have no index yet (counts and byte offsets)."""
-        if self.resampled:
+        """Once per node: index local datatags that have no index yet (counts and byte offsets).
+
+        With a ``shard_count_file`` nothing is indexed here: readers find the offsets of the
+        shards they read, once per node (``index_dir/offsets``).
+        """
+        if self.resampled or self.shard_count_file is not None:
             return
         for tag in local_datatags_without_index([*self.datatags, *self.val_datatags], self.index_dir, self.storage_options):
             location = parse_datatag(tag)
@@ -411,17 +435,23 @@ class WDSDataModule(PlannedDataModule):
     def _source(self, shards: Sequence[Shard], constants: Mapping[str, Any]) -> SampleSource:
         return SampleSource(
             tuple(shards), self.spec, constants, self.batch_size, self.seed, self.max_skip_fraction,
-            self.storage_options, self.sample_transform(),
+            self.storage_options, self.sample_transform(), self.offsets_dir,
         )  # fmt: skip
 
-    def _window(self, shards: Sequence[Shard]) -> int:
+    @property
+    def offsets_dir(self) -> str:
+        """Node-local folder of the offsets that readers find by walking unindexed shards."""
+        return str(Path(self.index_dir) / "offsets")
+
+    def _block(self, shards: Sequence[Shard]) -> int:
+        """Samples per block: ``read_block_bytes`` of average samples, within [1, batch_size // 2]."""
         samples = sum(s.count for s in shards)
         mean_bytes = max(1, sum(s.size for s in shards) // max(samples, 1))
-        return max(1, self.shuffle_window_bytes // mean_bytes)
+        return max(1, min(self.read_block_bytes // mean_bytes, self.batch_size // 2))
 
     def _check_keys(self, shards: Sequence[Shard], probes: int = 3) -> None:
         """Fail early when a ``key_map`` suffix is in none of the first samples of a few shards."""
-        reader = ShardReader(self.storage_options)
+        reader = ShardReader(self.storage_options, offsets_dir=self.offsets_dir)
         seen: set[str] = set()
         checked = [s for s in shards if s.count or s.index is None][:probes]
         for shard in checked:
@@ -445,7 +475,10 @@ class WDSDataModule(PlannedDataModule):
         if self.resampled:
             self.train_stream = ResampledWDSStream(source, self.shuffle_buffer_bytes)
         else:
-            stream = WDSStream(source, self.shuffle, self.tail, self._window(shards), self.skipped_index_dir)
+            stream = WDSStream(
+                source, shuffle=self.shuffle, tail=self.tail, block=self._block(shards), interleave=self.interleave,
+                prefetch_batches=self.prefetch_batches, skipped_index_dir=self.skipped_index_dir,
+            )  # fmt: skip
             if stream.num_samples == 0:
                 raise ValueError(f"datatags {self.datatags} hold no samples (after ignore_index_paths)")
             if self.cursor is None:
@@ -454,7 +487,7 @@ class WDSDataModule(PlannedDataModule):
             self.train_stream = stream
         if self.val_datatags:
             val_source = self._source(self._resolve(self.val_datatags, need_counts=True), constants)
-            self.val_stream = WDSStream(val_source, shuffle=False, tail="uneven", window=1)
+            self.val_stream = WDSStream(val_source, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.decodes_on_device:

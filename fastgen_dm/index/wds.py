@@ -131,6 +131,13 @@ class ShardIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def without(self, ignored: frozenset[str]) -> "ShardIndex":
+        """This index minus the samples whose key is in ``ignored``."""
+        if not ignored:
+            return self
+        keep = np.array([k not in ignored for k in self.keys], dtype=bool)
+        return ShardIndex(self.url, self.size, tuple(k for k, m in zip(self.keys, keep) if m), self.starts[keep], self.ends[keep])
+
     def byte_range(self, first: int, stop: int) -> tuple[int, int]:
         """The one byte run ``(start, end)`` holding samples ``first .. stop - 1``.
 

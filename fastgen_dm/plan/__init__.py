@@ -10,19 +10,18 @@ from fastgen_dm.plan.partition import (
     worker_batch_ids,
 )
 from fastgen_dm.plan.progress import Cursor, EpochPlan
-from fastgen_dm.plan.shards import locate, shard_epoch_order, shard_offsets
+from fastgen_dm.plan.order import ShardOrder, shard_offsets
 
 __all__ = [
     "TAIL_POLICIES",
     "Cursor",
     "EpochPlan",
     "SamplePlan",
+    "ShardOrder",
     "TailPolicy",
     "epoch_order",
-    "locate",
     "rank_batches",
     "schedule",
-    "shard_epoch_order",
     "shard_offsets",
     "worker_batch_ids",
 ]

@@ -123,6 +123,31 @@ class SamplePlan:
         assert 0 <= steps <= self.num_steps, (steps, self.num_steps)
         return min(self.start + steps * self.step_samples, self.end)
 
+    def rank_num_batches(self, rank: int) -> int:
+        """Batches rank ``rank`` yields: ``num_steps``, or one fewer for the last ranks under "uneven"."""
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank must be in [0, {self.world_size}), got {rank}")
+        if self.tail == "uneven" and self.tail_batch and self.end - self.tail_samples + rank * self.tail_batch >= self.num_samples:
+            return self.num_steps - 1
+        return self.num_steps
+
+    def batch_positions(self, rank: int, step: int) -> np.ndarray:
+        """Positions in the epoch's order (int64) that rank ``rank`` takes at ``step`` of this plan.
+
+        ``step`` counts from ``start``. Positions of the tail step past the order's end wrap
+        around to its start under "pad" and are left out under "uneven". Example: 10 samples,
+        2 ranks, batch 2, "pad": step 2 gives rank 0 ``[8]`` and rank 1 ``[9]``.
+        """
+        assert 0 <= step < self.rank_num_batches(rank), (rank, step)
+        if step < self.full_steps:
+            first, size = self.start + step * self.step_samples + rank * self.batch_size, self.batch_size
+        else:
+            first, size = self.start + self.full_steps * self.step_samples + rank * self.tail_batch, self.tail_batch
+        positions = np.arange(first, first + size, dtype=np.int64)
+        if self.tail == "uneven":
+            return positions[positions < self.num_samples]
+        return positions % self.num_samples
+
     def resumed(self, start: int) -> "SamplePlan":
         """The same epoch, resumed at global position ``start``."""
         return SamplePlan(
@@ -163,20 +188,15 @@ def schedule(plan: SamplePlan, order: np.ndarray | None = None) -> tuple[np.ndar
 
 
 def rank_batches(plan: SamplePlan, rank: int, order: np.ndarray | None = None) -> list[np.ndarray]:
-    """The batches rank ``rank`` yields, in order.
+    """The batches rank ``rank`` yields, in order, as sample ids of ``order`` (None: :func:`epoch_order`).
 
     Every rank gets ``plan.num_steps`` of them, except under policy "uneven", where the last
-    ranks may get one fewer.
+    ranks may get one fewer. This materialises the epoch's order: for map-style datasets of
+    modest size; sharded datasets look positions up with :meth:`SamplePlan.batch_positions`.
     """
-    if not 0 <= rank < plan.world_size:
-        raise ValueError(f"rank must be in [0, {plan.world_size}), got {rank}")
-    full, last = schedule(plan, order)
-    batches = list(full[:, rank])
-    if last.shape[1]:
-        tail = last[rank][last[rank] >= 0]
-        if tail.size:
-            batches.append(tail)
-    return batches
+    if order is None:
+        order = epoch_order(plan.num_samples, plan.seed, plan.epoch, plan.shuffle)
+    return [order[plan.batch_positions(rank, j)] for j in range(plan.rank_num_batches(rank))]
 
 
 def worker_batch_ids(num_batches: int, num_workers: int, worker_id: int) -> range:

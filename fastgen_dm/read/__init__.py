@@ -1,6 +1,6 @@
 """Read layer: stream exactly the planned members out of zips and tars; count what is bad."""
 
-from fastgen_dm.read.bad_data import BadDataPolicy, TooManyBadSamplesError
+from fastgen_dm.read.bad_data import BadDataPolicy, TooManyBadSamplesError, keep_stepping
 from fastgen_dm.read.edm import EDMReader
 from fastgen_dm.read.tar import ByteCounter, ShardReadError, iter_shard, read_runs, split_sample
 
@@ -8,6 +8,7 @@ __all__ = [
     "BadDataPolicy",
     "EDMReader",
     "TooManyBadSamplesError",
+    "keep_stepping",
     "ByteCounter",
     "ShardReadError",
     "iter_shard",

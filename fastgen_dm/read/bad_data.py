@@ -13,8 +13,12 @@ import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
 
 logger = logging.getLogger(__name__)
+
+
+Batch = TypeVar("Batch")
 
 
 class TooManyBadSamplesError(RuntimeError):
@@ -73,3 +77,36 @@ class BadDataPolicy:
         Path(folder).mkdir(parents=True, exist_ok=True)
         table = {posixpath.basename(source.rstrip("/")): sorted(set(keys)) for source, keys in self.skipped_keys.items()}
         (Path(folder) / f"{name}.json").write_text(json.dumps(table, indent=1))
+
+
+def keep_stepping(batches: Iterable[Batch | None], reader: str) -> Iterator[Batch]:
+    """Yield one batch for every element of ``batches``, standing in for the lost ones (None).
+
+    A reader that loses every sample of a batch must still yield one, or its rank takes fewer
+    steps than the others and DDP hangs. A lost batch is replaced by the previous good one; lost
+    batches before the first good one are replaced by that first good one. Only a reader that
+    loses every batch it has raises.
+
+    Args:
+        batches: A reader's batches in plan order; None for a batch whose samples were all bad.
+        reader: Names the reader in logs and errors, e.g. ``"rank 0 worker 1"``.
+
+    Example: ``[None, a, None, b]`` -> ``[a, a, a, b]``.
+    """
+    previous: Batch | None = None
+    lost_before_first = 0
+    for j, batch in enumerate(batches):
+        if batch is None:
+            if previous is None:
+                lost_before_first += 1
+                continue
+            logger.warning("%s: batch %d lost every sample; repeating the previous batch", reader, j)
+            batch = previous
+        for _ in range(lost_before_first):
+            logger.warning("%s: a batch before its first good one lost every sample; repeating the first good one", reader)
+            yield batch
+        lost_before_first = 0
+        previous = batch
+        yield batch
+    if lost_before_first:
+        raise TooManyBadSamplesError(f"{reader}: every sample of its {lost_before_first} batches was bad or filtered out")

@@ -1,68 +1,247 @@
-"""Read chosen samples of tar shards by their byte ranges.
+"""Read planned samples of tar shards as contiguous byte runs, several requests in flight.
 
-A worker asks for samples ``i, j, ...`` of one shard; the reader turns them into ascending
-byte ranges, merges neighbours into single requests, and reads nothing else. A shard without
-known offsets is indexed once per process by walking its member headers (seeks, not reads).
+A worker's batch names samples as ``(shard, sample)`` pairs. The reader sorts them by shard and
+offset, merges samples that are neighbours in the shard into one run ``[starts[i], ends[j])``,
+and fetches all runs of the batch at once (``fs.cat_ranges`` for object stores, which sends them
+concurrently; ``os.pread`` for local files). :meth:`ShardReader.prefetch` keeps the next batches'
+requests in flight on a background thread while the current batch is decoded. Nothing outside
+the planned samples is read: no tar padding, no end blocks, no other worker's bytes.
+
+A shard without known offsets (only a count is known) is indexed once per node: the first
+process that needs it walks its member headers and stores the result in ``offsets_dir``; every
+other worker and rank on the node loads that file instead of walking again.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import fcntl
+import hashlib
+import os
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from fastgen_dm.index.datatags import Shard
-from fastgen_dm.index.wds import ShardIndex, ShardReadError, index_shard
-from fastgen_dm.read.tar import ByteCounter, read_runs, split_sample
+from fastgen_dm.index.wds import ShardIndex, ShardReadError, index_shard, load_index, save_index
+from fastgen_dm.read.tar import ByteCounter, split_sample
+from fastgen_dm.storage import StorageReadError, is_local, resolve_fs
 
+#: (shard url, sample key, members or the error that made the sample unreadable)
+Item = tuple[str, str, "dict[str, bytes] | Exception"]
 Sample = tuple[str, "dict[str, bytes] | Exception"]
+
+_MAX_OPEN_FILES = 64
+_MAX_CACHED_OFFSETS = 256  # shard indexes a reader keeps in memory (a few MB each at most)
+
+
+class _Run:
+    """One request: samples ``first .. first + len(wanted) - 1`` of a shard are consecutive there."""
+
+    __slots__ = ("shard", "samples", "positions", "start", "end")
+
+    def __init__(self, shard: Shard, samples: list[int], positions: list[int], start: int, end: int) -> None:
+        self.shard, self.samples, self.positions, self.start, self.end = shard, samples, positions, start, end
 
 
 class ShardReader:
-    """Per-process reader; holds the offsets it had to find itself, nothing else."""
+    """Per-process reader of planned samples.
 
-    def __init__(self, storage_options: Mapping[str, Any] | None = None, counter: ByteCounter | None = None) -> None:
+    Args:
+        storage_options: fsspec options for remote shards.
+        counter: Adds each request's bytes (to measure read amplification).
+        offsets_dir: Node-local folder where offsets found by walking a shard's headers are kept
+            for every process of the node; None keeps them in this process only.
+    """
+
+    def __init__(
+        self,
+        storage_options: Mapping[str, Any] | None = None,
+        counter: ByteCounter | None = None,
+        offsets_dir: str | None = None,
+    ) -> None:
         self.storage_options = storage_options
         self.counter = counter
-        self._walked: dict[str, ShardIndex] = {}
+        self.offsets_dir = offsets_dir
+        self._offsets: OrderedDict[str, ShardIndex] = OrderedDict()
+        self._files: OrderedDict[str, int] = OrderedDict()
 
-    def _offsets(self, shard: Shard) -> ShardIndex:
+    # -- offsets ---------------------------------------------------------------------------
+    def offsets(self, shard: Shard) -> ShardIndex:
+        """Keys and byte ranges of the shard's planned samples (ignored keys left out)."""
         if shard.index is not None:
             return shard.index
-        if shard.url not in self._walked:
-            walked = index_shard(shard.url, self.storage_options, partial_ok=True)
-            keep = np.array([k not in shard.ignored for k in walked.keys], dtype=bool)
-            self._walked[shard.url] = ShardIndex(
-                walked.url, walked.size, tuple(k for k, m in zip(walked.keys, keep) if m), walked.starts[keep], walked.ends[keep]
-            )
-        return self._walked[shard.url]
+        index = self._offsets.get(shard.url)
+        if index is None:
+            index = self._walked(shard).without(shard.ignored)
+            self._offsets[shard.url] = index
+            if len(self._offsets) > _MAX_CACHED_OFFSETS:
+                self._offsets.popitem(last=False)
+        else:
+            self._offsets.move_to_end(shard.url)
+        return index
 
+    def _walked(self, shard: Shard) -> ShardIndex:
+        if self.offsets_dir is None:
+            return index_shard(shard.url, self.storage_options, partial_ok=True)
+        digest = hashlib.sha1(shard.url.encode()).hexdigest()[:20]
+        path = Path(self.offsets_dir) / f"{digest}-{shard.size}.fgi"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One process of the node walks; the others wait on the lock, then load its result.
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists():
+                return load_index(str(path))[shard.url]
+            index = index_shard(shard.url, self.storage_options, partial_ok=True)
+            save_index(str(path), [index])
+            return index
+
+    # -- reading ---------------------------------------------------------------------------
     def read(self, shard: Shard, samples: Sequence[int]) -> list[Sample]:
-        """``(key, {suffix: bytes})`` for each requested sample index, in request order.
+        """``(key, {suffix: bytes})`` of each requested sample of one shard, in request order.
 
-        A sample that cannot be read comes back as ``(key or "#<index>", exception)``; the
-        caller counts it. Indices past the shard's real end (the shard shrank since it was
-        counted) come back as errors too.
+        A sample that cannot be read comes back as ``(key or "#<index>", exception)``; the caller
+        counts it. Indices past the shard's real end (it shrank since it was counted) are errors too.
         """
-        index = self._offsets(shard)
-        wanted = np.asarray(samples, dtype=np.int64)
-        out: list[Sample] = [("", ShardReadError(shard.url, 0, "not read"))] * len(wanted)
-        present = wanted < index.count
-        for k in np.flatnonzero(~present):
-            out[k] = (f"#{wanted[k]}", ShardReadError(shard.url, 0, f"sample {wanted[k]} is past the shard's {index.count} samples"))
-        positions = np.flatnonzero(present)
-        by_offset = positions[np.argsort(index.starts[wanted[positions]], kind="stable")]
-        runs = [(int(index.starts[wanted[k]]), int(index.ends[wanted[k]])) for k in by_offset]
-        blobs: list[bytes] = []
-        try:
-            for blob in read_runs(shard.url, runs, self.storage_options, counter=self.counter):
-                blobs.append(blob)
-        except (ShardReadError, OSError) as err:  # the runs after a failure (e.g. a truncated tail) are lost
-            for k in by_offset[len(blobs) :]:
-                out[k] = (index.keys[wanted[k]], err)
-        for k, blob, (start, _) in zip(by_offset, blobs, runs):
+        items = self.read_many([shard], np.zeros(len(samples), np.int64), np.asarray(samples, np.int64))
+        return [(key, members) for _, key, members in items]
+
+    def read_many(self, shards: Sequence[Shard], shard_ids: np.ndarray, samples: np.ndarray) -> list[Item]:
+        """``(url, key, members)`` of sample ``samples[k]`` of shard ``shards[shard_ids[k]]``, in input order."""
+        out: list[Item | None] = [None] * len(samples)
+        runs = self._runs(shards, shard_ids, samples, out)
+        for run, blob in zip(runs, self._fetch(runs)):
+            self._split(run, blob, out)
+        assert all(item is not None for item in out)
+        return out  # type: ignore[return-value]
+
+    def prefetch(
+        self, shards: Sequence[Shard], batches: Iterable[tuple[np.ndarray, np.ndarray]], depth: int = 2
+    ) -> Iterator[list[Item]]:
+        """:meth:`read_many` of each ``(shard_ids, samples)`` batch, with ``depth`` batches read ahead."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastgen-prefetch") as pool:
+            pending: list[Future[list[Item]]] = []
+            source = iter(batches)
             try:
-                out[k] = split_sample(blob, shard.url, start)
+                for shard_ids, samples in source:
+                    pending.append(pool.submit(self.read_many, shards, shard_ids, samples))
+                    if len(pending) > depth:
+                        yield pending.pop(0).result()
+                while pending:
+                    yield pending.pop(0).result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _runs(self, shards: Sequence[Shard], shard_ids: np.ndarray, samples: np.ndarray, out: list[Item | None]) -> list[_Run]:
+        runs: list[_Run] = []
+        for s in np.unique(shard_ids):
+            shard = shards[int(s)]
+            at = np.flatnonzero(shard_ids == s)
+            try:
+                index = self.offsets(shard)
+            except (ShardReadError, OSError) as err:
+                for k in at:
+                    out[k] = (shard.url, f"#{samples[k]}", err)
+                continue
+            at = at[np.argsort(samples[at], kind="stable")]
+            for k in at[samples[at] >= index.count]:
+                out[k] = (shard.url, f"#{samples[k]}", ShardReadError(shard.url, 0, f"sample {samples[k]} is past the shard's {index.count} samples"))
+            at = at[samples[at] < index.count]
+            local = samples[at]
+            # a new run where samples are not neighbours in the file (or the same sample twice, under padding)
+            breaks = np.flatnonzero((np.diff(local) != 1) | (index.starts[local[1:]] != index.ends[local[:-1]])) + 1
+            for part_at, part in zip(np.split(at, breaks), np.split(local, breaks)):
+                if part.size:
+                    start, end = int(index.starts[part[0]]), int(index.ends[part[-1]])
+                    runs.append(_Run(shard, part.tolist(), part_at.tolist(), start, end))
+        return runs
+
+    def _split(self, run: _Run, blob: bytes | BaseException, out: list[Item | None]) -> None:
+        index = self.offsets(run.shard)
+        url = run.shard.url
+        for sample, k in zip(run.samples, run.positions):
+            key = index.keys[sample]
+            if isinstance(blob, BaseException):
+                out[k] = (url, key, blob if isinstance(blob, Exception) else RuntimeError(str(blob)))
+                continue
+            begin, stop = int(index.starts[sample]) - run.start, int(index.ends[sample]) - run.start
+            if stop > len(blob):
+                out[k] = (url, key, ShardReadError(
+                    url, run.start + len(blob),
+                    f"sample {key!r} needs bytes up to {run.start + stop} but the read from {run.start} ended after "
+                    f"{len(blob)} bytes; was the shard truncated or rewritten since it was indexed?",
+                ))  # fmt: skip
+                continue
+            try:
+                found, members = split_sample(memoryview(blob)[begin:stop].tobytes(), url, run.start + begin)
             except ShardReadError as err:
-                out[k] = (index.keys[wanted[k]], err)
-        return out
+                out[k] = (url, key, err)
+                continue
+            out[k] = (url, found, members)
+
+    def _fetch(self, runs: list[_Run]) -> list[bytes | BaseException]:
+        """The bytes of every run, or the error that stopped its request."""
+        results: list[bytes | BaseException] = [b""] * len(runs)
+        remote: dict[str, list[int]] = {}  # by protocol: one concurrent cat_ranges call each
+        for k, run in enumerate(runs):
+            if is_local(run.shard.url):
+                try:
+                    results[k] = self._pread(run.shard.url, run.start, run.end)
+                except OSError as err:
+                    results[k] = err
+            else:
+                remote.setdefault(run.shard.url.split("://", 1)[0], []).append(k)
+        for ks in remote.values():
+            fs, _ = resolve_fs(runs[ks[0]].shard.url, self.storage_options)
+            paths = [resolve_fs(runs[k].shard.url, self.storage_options)[1] for k in ks]
+            blobs = fs.cat_ranges(paths, [runs[k].start for k in ks], [runs[k].end for k in ks], on_error="return")
+            for k, path, blob in zip(ks, paths, blobs):
+                if isinstance(blob, BaseException):
+                    blob = self._failed(fs, path, runs[k], blob)
+                results[k] = blob
+        if self.counter is not None:
+            for blob in results:
+                if isinstance(blob, bytes):
+                    self.counter.add(len(blob))
+        return results
+
+    @staticmethod
+    def _failed(fs: Any, path: str, run: _Run, error: BaseException) -> bytes:
+        """What a failed remote request means: a shard that shrank (bad data) or failing storage (raise).
+
+        Object stores refuse a range that starts past the end instead of returning nothing; the
+        samples there are then missing, as from a truncated shard, and are counted as bad data.
+        """
+        try:
+            if run.start >= int(fs.size(path)):
+                return b""
+        except Exception:
+            pass  # the size is unknown too: the store itself is failing
+        raise StorageReadError(run.shard.url, run.start, run.end, error) from error
+
+    def _pread(self, url: str, start: int, end: int) -> bytes:
+        path = url[len("file://") :] if url.startswith("file://") else url
+        fd = self._files.get(path)
+        if fd is None:
+            fd = self._files[path] = os.open(path, os.O_RDONLY)
+            if len(self._files) > _MAX_OPEN_FILES:
+                os.close(self._files.popitem(last=False)[1])
+        parts, offset = [], start
+        while offset < end:  # a pread may return less than asked for
+            part = os.pread(fd, end - offset, offset)
+            if not part:
+                break
+            parts.append(part)
+            offset += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_files": OrderedDict()}  # descriptors stay with their process

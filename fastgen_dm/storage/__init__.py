@@ -1,6 +1,6 @@
 """Storage layer: bytes by URL through fsspec (local paths, ``file://``, ``s3://``, ``gs://``, ...)."""
 
-from fastgen_dm.storage.fs import exists, fetch_once, is_local, open_url, resolve_fs
+from fastgen_dm.storage.fs import S3_CONFIG_DEFAULTS, S3_RETRIES, StorageReadError, exists, fetch_once, is_local, open_url, resolve_fs
 from fastgen_dm.storage.shards import (
     DATATAG_PREFIX,
     ShardFile,
@@ -12,6 +12,9 @@ from fastgen_dm.storage.shards import (
 )
 
 __all__ = [
+    "S3_CONFIG_DEFAULTS",
+    "S3_RETRIES",
+    "StorageReadError",
     "DATATAG_PREFIX",
     "ShardFile",
     "exists",

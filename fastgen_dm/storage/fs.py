@@ -28,11 +28,51 @@ def _check_url(url: str) -> None:
         )
 
 
+#: botocore settings every ``s3://`` filesystem starts from; ``storage_options["config_kwargs"]``
+#: overrides any of them. botocore does not retry (``max_attempts`` 1): s3fs retries each call
+#: ``S3_RETRIES`` times with backoff, so a stalled store fails after at most about
+#: ``S3_RETRIES ** 2 * (connect_timeout + read_timeout)`` instead of hanging.
+S3_CONFIG_DEFAULTS: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 20, "retries": {"max_attempts": 1}}
+S3_RETRIES = 3
+
+
+class StorageReadError(OSError):
+    """A read from storage failed after its retries (a timeout, reset or server error), not bad data.
+
+    Args:
+        url: The file.
+        start: First byte of the range asked for.
+        end: End of the range asked for.
+        cause: The last error.
+    """
+
+    def __init__(self, url: str, start: int, end: int, cause: BaseException) -> None:
+        super().__init__(url, start, end, cause)  # args as given, so the error pickles across processes
+        self.url, self.start, self.end, self.cause = url, start, end, cause
+
+    def __str__(self) -> str:
+        return (
+            f"reading bytes [{self.start}, {self.end}) of {self.url} failed after its retries: "
+            f"{type(self.cause).__name__}: {self.cause}. Check the endpoint and the network, or raise "
+            "storage_options['config_kwargs'] connect_timeout/read_timeout"
+        )
+
+
+def _with_defaults(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    options = dict(storage_options or {})
+    if url.startswith(("s3://", "s3a://")):
+        options["config_kwargs"] = {**S3_CONFIG_DEFAULTS, **dict(options.get("config_kwargs") or {})}
+    return options
+
+
 def resolve_fs(url: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and the path inside it for ``url``."""
+    """The filesystem and the path inside it for ``url`` (``s3://`` with :data:`S3_CONFIG_DEFAULTS`)."""
     url = os.fspath(url)
     _check_url(url)
-    return url_to_fs(url, **dict(storage_options or {}))
+    fs, path = url_to_fs(url, **_with_defaults(url, storage_options))
+    if url.startswith(("s3://", "s3a://")):
+        fs.retries = S3_RETRIES  # s3fs reads its retry count from the instance
+    return fs, path
 
 
 def is_local(url: str | os.PathLike) -> bool:

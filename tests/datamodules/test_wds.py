@@ -52,16 +52,25 @@ def test_every_sample_once_per_epoch_in_the_same_order_for_any_worker_count(late
 
 def test_each_sample_byte_range_is_read_once_and_nothing_else(latent_shards, tmp_path, monkeypatch):
     reads = []
-    real_read_runs = read_wds.read_runs
+    real_fetch = read_wds.ShardReader._fetch
 
-    def spy(url, runs, *args, **kwargs):
-        reads.extend((url, start, end) for start, end in runs)
-        return real_read_runs(url, runs, *args, **kwargs)
+    def spy(self, runs):
+        reads.extend((run.shard.url, run.start, run.end) for run in runs)
+        return real_fetch(self, runs)
 
     dm = make(latent_shards, tmp_path)
-    monkeypatch.setattr(read_wds, "read_runs", spy)  # the epoch only (setup reads a few samples to check key_map)
+    monkeypatch.setattr(read_wds.ShardReader, "_fetch", spy)  # the epoch only (setup reads a few samples to check key_map)
     list(dm.train_dataloader())
-    assert len(reads) == len(set(reads)) == NUM
+    by_shard = {}
+    for url, start, end in reads:
+        by_shard.setdefault(url, []).append((start, end))
+    samples = {s.url: s.index for s in dm.train_stream.source.shards}
+    for url, runs in by_shard.items():
+        runs.sort()
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(runs, runs[1:]))  # no byte read twice
+        covered = sum(((samples[url].starts >= start) & (samples[url].ends <= end)).sum() for start, end in runs)
+        assert covered == samples[url].count  # every sample's bytes inside exactly one request
+    assert len(reads) < NUM  # requests serve several neighbouring samples
     sample_bytes = sum(end - start for _, start, end in reads)
     shard_bytes = sum(p.stat().st_size for p in latent_shards.glob("*.tar"))
     assert sample_bytes <= shard_bytes  # tar padding and end blocks are never read
