@@ -10,7 +10,7 @@ from fastgen_dm.plan.partition import (
     worker_batch_ids,
 )
 from fastgen_dm.plan.progress import Cursor, EpochPlan
-from fastgen_dm.plan.order import ShardOrder, shard_offsets
+from fastgen_dm.plan.order import ShardOrder, sample_runs, shard_offsets
 
 __all__ = [
     "TAIL_POLICIES",
@@ -21,6 +21,7 @@ __all__ = [
     "TailPolicy",
     "epoch_order",
     "rank_batches",
+    "sample_runs",
     "schedule",
     "shard_offsets",
     "worker_batch_ids",

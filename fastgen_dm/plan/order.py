@@ -133,3 +133,15 @@ class ShardOrder:
             shard[at] = group.shards[lane]
             local[at] = rounds * self._block + offset - (before[rows, lane] - sizes[rows, lane])
         return shard, local
+
+
+def sample_runs(shard: np.ndarray, local: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """A batch's samples as runs of neighbours, one request each: ``[(shard, positions in the batch)]``.
+
+    Positions within a run are in the shard's sample order. Example: shards ``[4, 1, 4]``,
+    samples ``[8, 0, 7]`` -> ``[(1, [1]), (4, [2, 0])]`` (samples 7 and 8 of shard 4 are one run).
+    """
+    by_shard = np.lexsort((local, shard))
+    s, i = shard[by_shard], local[by_shard]
+    breaks = np.flatnonzero((np.diff(s) != 0) | (np.diff(i) != 1)) + 1
+    return [(int(s[part[0]]), by_shard[part]) for part in np.split(np.arange(by_shard.size), breaks) if part.size]

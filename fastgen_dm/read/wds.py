@@ -26,6 +26,7 @@ import numpy as np
 
 from fastgen_dm.index.datatags import Shard
 from fastgen_dm.index.wds import ShardIndex, ShardReadError, index_shard, load_index, save_index
+from fastgen_dm.plan import sample_runs
 from fastgen_dm.read.tar import ByteCounter, split_sample
 from fastgen_dm.storage import StorageReadError, is_local, resolve_fs
 
@@ -137,26 +138,23 @@ class ShardReader:
 
     def _runs(self, shards: Sequence[Shard], shard_ids: np.ndarray, samples: np.ndarray, out: list[Item | None]) -> list[_Run]:
         runs: list[_Run] = []
-        for s in np.unique(shard_ids):
-            shard = shards[int(s)]
-            at = np.flatnonzero(shard_ids == s)
+        for s, at in sample_runs(shard_ids, samples):
+            shard = shards[s]
             try:
                 index = self.offsets(shard)
             except (ShardReadError, OSError) as err:
                 for k in at:
                     out[k] = (shard.url, f"#{samples[k]}", err)
                 continue
-            at = at[np.argsort(samples[at], kind="stable")]
             for k in at[samples[at] >= index.count]:
                 out[k] = (shard.url, f"#{samples[k]}", ShardReadError(shard.url, 0, f"sample {samples[k]} is past the shard's {index.count} samples"))
             at = at[samples[at] < index.count]
             local = samples[at]
-            # a new run where samples are not neighbours in the file (or the same sample twice, under padding)
-            breaks = np.flatnonzero((np.diff(local) != 1) | (index.starts[local[1:]] != index.ends[local[:-1]])) + 1
-            for part_at, part in zip(np.split(at, breaks), np.split(local, breaks)):
+            # members outside any sample (webdataset ignores them) can sit between neighbours: not read
+            gaps = np.flatnonzero(index.starts[local[1:]] != index.ends[local[:-1]]) + 1
+            for part_at, part in zip(np.split(at, gaps), np.split(local, gaps)):
                 if part.size:
-                    start, end = int(index.starts[part[0]]), int(index.ends[part[-1]])
-                    runs.append(_Run(shard, part.tolist(), part_at.tolist(), start, end))
+                    runs.append(_Run(shard, part.tolist(), part_at.tolist(), int(index.starts[part[0]]), int(index.ends[part[-1]])))
         return runs
 
     def _split(self, run: _Run, blob: bytes | BaseException, out: list[Item | None]) -> None:

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastgen_dm.plan import SamplePlan, ShardOrder, shard_offsets, worker_batch_ids
+from fastgen_dm.plan import SamplePlan, ShardOrder, sample_runs, shard_offsets, worker_batch_ids
 
 counts_st = st.lists(st.integers(0, 60), min_size=1, max_size=40).filter(lambda c: sum(c) > 0)
 orders = st.builds(
@@ -123,3 +123,21 @@ def test_memory_is_a_few_bytes_a_shard_and_independent_of_samples():
 def test_block_and_interleave_must_be_positive(bad):
     with pytest.raises(ValueError, match="block and interleave must be at least 1"):
         ShardOrder([3], **bad)
+
+
+def test_sample_runs_worked_example():
+    runs = sample_runs(np.array([4, 1, 4]), np.array([8, 0, 7]))
+    assert [(s, at.tolist()) for s, at in runs] == [(1, [1]), (4, [2, 0])]
+
+
+@settings(max_examples=100, deadline=None)
+@given(order=orders, batch=st.integers(1, 64), data=st.data())
+def test_a_batch_reads_each_block_it_touches_as_one_run(order, batch, data):
+    start = data.draw(st.integers(0, order.num_samples - 1))
+    shard, local = order.locate(np.arange(start, min(start + batch, order.num_samples)))
+    runs = sample_runs(shard, local)
+    assert sorted(k for _, at in runs for k in at.tolist()) == list(range(shard.size))
+    for s, at in runs:
+        assert (shard[at] == s).all() and np.array_equal(np.diff(local[at]), np.ones(at.size - 1, np.int64))
+    block = order.block if order.shuffle else max(order.counts)
+    assert len(runs) <= len({(int(s), int(i) // block) for s, i in zip(shard, local)})
