@@ -40,7 +40,7 @@ def open_image(data: bytes | str | os.PathLike[str], *, name: str | None = None)
         data: The encoded image, or the path of a local file that holds it (read as Pillow
             needs it, not at once).
         name: What the image is, for errors, e.g. ``"data/cifar10.zip: 00000/img00000003.png"``;
-            None names the path, or "image".
+            None names the path, or nothing (when the caller names the sample itself).
 
     Raises:
         PIL.UnidentifiedImageError: Empty bytes, or a format outside ``IMAGE_FORMATS`` (EPS, PDF, ...).
@@ -50,7 +50,8 @@ def open_image(data: bytes | str | os.PathLike[str], *, name: str | None = None)
             raised later, when the pixels are decoded).
     """
     path = os.fspath(data) if isinstance(data, (str, os.PathLike)) else None
-    name = name or path or "image"
+    name = name or path
+    prefix = f"{name}: " if name else ""
     if path is None:
         head = bytes(data[:8])
     else:
@@ -67,20 +68,21 @@ def open_image(data: bytes | str | os.PathLike[str], *, name: str | None = None)
                 with PIL.Image.open(source(), formats=["PNG"]) as probe:
                     probe.verify()  # walks every chunk and checks its CRC
             except SyntaxError as err:  # Pillow reports a bad chunk CRC as SyntaxError
-                raise ValueError(f"{name}: broken PNG: {err}") from err
+                raise ValueError(f"{prefix}broken PNG: {err}") from err
         img = PIL.Image.open(source(), formats=formats)
     except PIL.UnidentifiedImageError:
+        what = f" {name!r}" if name else ""
         raise PIL.UnidentifiedImageError(
-            f"{name}: not an image in an allowed format ({', '.join(formats)}); other formats (EPS, PDF, ...) "
-            "are never opened"
+            f"cannot identify image file{what}: not an image in an allowed format ({', '.join(formats)}); "
+            "other formats (EPS, PDF, ...) are never opened"
         ) from None
     except PIL.Image.DecompressionBombError as err:
-        raise PIL.Image.DecompressionBombError(f"{name}: {err}") from None
+        raise PIL.Image.DecompressionBombError(f"{prefix}{err}") from None
     limit = PIL.Image.MAX_IMAGE_PIXELS
     if limit is not None and img.width * img.height > limit:  # Pillow only warns up to twice the limit
         img.close()
         raise PIL.Image.DecompressionBombError(
-            f"{name}: {img.width}x{img.height} = {img.width * img.height} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS "
+            f"{prefix}{img.width}x{img.height} = {img.width * img.height} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS "
             f"= {limit} (a decompression bomb?); raise PIL.Image.MAX_IMAGE_PIXELS if such images are expected"
         )
     return img
@@ -91,20 +93,21 @@ def decode_image(data: bytes, *, name: str | None = None) -> np.ndarray:
 
     Args:
         data: The encoded image.
-        name: What the bytes are, for errors (see :func:`open_image`); None: "image".
+        name: What the bytes are, for errors (see :func:`open_image`).
 
     Raises:
         OSError: Not an image of an allowed format, or damaged (see :func:`open_image`).
         PIL.Image.DecompressionBombError: More than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels.
         ValueError: A bad PNG CRC, or pixels of more than 8 bits.
     """
+    prefix = f"{name}: " if name else ""
     with open_image(data, name=name) as img:
         try:
             array = np.asarray(img)
         except OSError as err:  # truncated or damaged pixel data
-            raise OSError(f"{name or 'image'}: {err}") from err
+            raise OSError(f"{prefix}{err}") from err
     if array.ndim == 2:
         array = array[:, :, np.newaxis]
     if array.dtype != np.uint8:
-        raise ValueError(f"{name or 'image'}: image has dtype {array.dtype}; expected 8-bit pixels")
+        raise ValueError(f"{prefix}image has dtype {array.dtype}; expected 8-bit pixels")
     return array
