@@ -33,9 +33,11 @@ def check_max_member_bytes(value: object, argument: str = "max_member_bytes") ->
     return value
 
 
-def _too_large(source: str, name: str, size: int, max_bytes: int) -> UnsafeMemberError:
+def _too_large(source: str, name: str, max_bytes: int, size: int | None = None) -> UnsafeMemberError:
+    """The error for a member over the cap; ``size`` None: a bounded read found more than ``max_bytes``."""
+    holds = f"more than {max_bytes}" if size is None else str(size)
     return UnsafeMemberError(
-        f"{source}: member {name!r} holds {size} bytes, over max_member_bytes={max_bytes}; "
+        f"{source}: member {name!r} holds {holds} bytes, over max_member_bytes={max_bytes}; "
         "raise max_member_bytes if such members are expected"
     )
 
@@ -44,18 +46,18 @@ def read_zip_member(zf: zipfile.ZipFile, name: str, *, max_bytes: int, source: s
     """The decompressed bytes of member ``name``, at most ``max_bytes`` of them.
 
     Raises:
-        UnsafeMemberError: The member declares (or inflates to) more than ``max_bytes``.
+        UnsafeMemberError: The member declares more than ``max_bytes``.
         KeyError: No such member.
-        zipfile.BadZipFile: A damaged member (e.g. a CRC that fails).
+        zipfile.BadZipFile: A damaged member, or one that inflates past its declared size (its
+            CRC then fails).
     """
     info = zf.getinfo(name)
     if info.file_size > max_bytes:
-        raise _too_large(source, name, info.file_size, max_bytes)
+        raise _too_large(source, name, max_bytes, info.file_size)
     with zf.open(info) as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise _too_large(source, name, len(data), max_bytes)
-    return data
+        # zipfile inflates up to the size asked for and then cuts at the declared size: asking for
+        # the declared size (at most max_bytes) bounds what a lying header can inflate
+        return f.read(info.file_size)
 
 
 def read_folder_member(fs: fsspec.AbstractFileSystem, root: str, name: str, *, max_bytes: int, source: str) -> bytes:
@@ -73,7 +75,7 @@ def read_folder_member(fs: fsspec.AbstractFileSystem, root: str, name: str, *, m
     if not isinstance(fs, LocalFileSystem):
         data = fs.cat_file(path, start=0, end=max_bytes + 1)
         if len(data) > max_bytes:
-            raise _too_large(source, name, len(data), max_bytes)
+            raise _too_large(source, name, max_bytes)
         return data
     real, real_root = os.path.realpath(path), os.path.realpath(root)
     if os.path.commonpath([real, real_root]) != real_root:
@@ -81,15 +83,19 @@ def read_folder_member(fs: fsspec.AbstractFileSystem, root: str, name: str, *, m
             f"{source}: member {name!r} resolves to {real}, outside the dataset folder; refusing to read it "
             "(copy the file into the folder instead of linking to it)"
         )
-    with open(os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
-        status = os.fstat(f.fileno())
+    fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # checked before reading, on the file opened
+    try:
+        status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             raise UnsafeMemberError(
                 f"{source}: member {name!r} is not a regular file (mode {stat.filemode(status.st_mode)}); refusing to read it"
             )
         if status.st_size > max_bytes:
-            raise _too_large(source, name, status.st_size, max_bytes)
-        data = f.read(max_bytes + 1)  # bounded even if the file grows after the check
+            raise _too_large(source, name, max_bytes, status.st_size)
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)  # bounded even if the file grows after the check
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
-        raise _too_large(source, name, len(data), max_bytes)
+        raise _too_large(source, name, max_bytes)
     return data
