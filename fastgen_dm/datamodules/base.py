@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import types
 from typing import Any, Iterator, Sequence
 
 import lightning
@@ -129,7 +130,7 @@ class PlannedDataModule(lightning.LightningDataModule):
         self.cursor: Cursor | None = None
 
     def save_hyperparameters(
-        self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None, logger: bool = True
+        self, *args: Any, ignore: Sequence[str] | str | None = None, frame: types.FrameType | None = None, logger: bool = True
     ) -> None:
         """Lightning's ``save_hyperparameters``, with the credentials of ``storage_options`` redacted.
 
