@@ -11,8 +11,9 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v ffmpeg >/dev/null || { echo "installing ffmpeg (Debian packages, needs root)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }
+	@# ghostscript: the tests prove that no image ever reaches it (tests/decode/test_image.py)
+	@command -v ffmpeg >/dev/null && command -v gs >/dev/null || { echo "installing ffmpeg and ghostscript (Debian packages, needs root)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg ghostscript >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from fastgen_dm.datamodules import PlannedDataModule
+from fastgen_dm.storage import redact_storage_options
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "Train a model on a DataModule (LightningCLI).",
@@ -15,6 +18,22 @@ LIGHTNING_SUBCOMMANDS = {
 }
 
 DEFAULT_MODEL = "fastgen_dm.models.EDMDenoiser"
+
+
+class RedactingSaveConfigCallback(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` writer, with every ``storage_options`` credential redacted.
+
+    The file keeps ``"<redacted>"`` in place of each secret (see
+    :func:`~fastgen_dm.storage.redact_storage_options`), so ``fastgen fit --config config.yaml``
+    still runs, taking credentials from the environment or from arguments passed again.
+    """
+
+    def __init__(self, parser: LightningArgumentParser, config: Any, *args: Any, **kwargs: Any) -> None:
+        config = config.clone()
+        for key, value in config.items():  # flattened: "data.init_args.storage_options", ...
+            if key.rsplit(".", 1)[-1] == "storage_options" and value:
+                config[key] = redact_storage_options(value)
+        super().__init__(parser, config, *args, **kwargs)
 
 
 class FastGenCLI(LightningCLI):
@@ -43,6 +62,7 @@ def run_lightning(args: list[str] | None) -> FastGenCLI:
         datamodule_class=PlannedDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=RedactingSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "fastgen"},
         args=args,

@@ -8,15 +8,18 @@ and stores the cursor in the DataModule's ``state_dict`` (which Lightning puts i
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from typing import Any, Iterator
+import types
+from typing import Any, Iterator, Sequence
 
 import lightning
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fastgen_dm.plan import Cursor, EpochPlan
+from fastgen_dm.storage import redact_storage_options
 from fastgen_dm.transform import scale_to_unit
 
 logger = logging.getLogger(__name__)
@@ -125,6 +128,21 @@ class PlannedDataModule(lightning.LightningDataModule):
         self.pin_memory = pin_memory
         self.normalize_on_device = normalize_on_device
         self.cursor: Cursor | None = None
+
+    def save_hyperparameters(
+        self, *args: Any, ignore: Sequence[str] | str | None = None, frame: types.FrameType | None = None, logger: bool = True
+    ) -> None:
+        """Lightning's ``save_hyperparameters``, with the credentials of ``storage_options`` redacted.
+
+        Lightning writes ``hparams`` into every checkpoint and ``hparams_initial`` into the
+        loggers' ``hparams.yaml``; both hold ``"<redacted>"`` in place of each credential
+        (:func:`~fastgen_dm.storage.redact_storage_options`). The DataModule keeps the real
+        values in its ``storage_options`` attribute, which nothing writes.
+        """
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        for hparams in (self._hparams, self._hparams_initial):
+            if hparams.get("storage_options"):
+                hparams["storage_options"] = redact_storage_options(hparams["storage_options"])
 
     # -- placement -------------------------------------------------------------------------
     def placement(self) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from fastgen_dm.index import EDMIndex
 from fastgen_dm.read import EDMReader
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,16 @@ def open_cache(path: str) -> np.ndarray:
 
 class _DecodeItems(Dataset):
     def __init__(
-        self, index: EDMIndex, shape: tuple[int, ...], dtype: np.dtype, storage_options: Mapping[str, Any] | None, skip: frozenset[int]
+        self,
+        index: EDMIndex,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        storage_options: Mapping[str, Any] | None,
+        skip: frozenset[int],
+        max_member_bytes: int,
     ):
         self.index, self.shape, self.dtype, self.skip = index, shape, dtype, skip
-        self.reader = EDMReader(index.source, index.is_zip, storage_options)
+        self.reader = EDMReader(index.source, index.is_zip, storage_options, max_member_bytes=max_member_bytes)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -77,6 +84,8 @@ def build_cache(
     storage_options: Mapping[str, Any] | None = None,
     num_workers: int = 0,
     skip: Sequence[int] = (),
+    *,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> str:
     """Decode every item of ``index`` but those numbered in ``skip`` (left zero) into ``path``
     unless it exists; atomic.
@@ -90,7 +99,7 @@ def build_cache(
     tmp = f"{path}.part-{os.getpid()}"
     logger.info("decoding %d items of %s into %s", len(index), index.source, path)
     loader = DataLoader(
-        _DecodeItems(index, shape, dtype, storage_options, frozenset(int(i) for i in skip)),
+        _DecodeItems(index, shape, dtype, storage_options, frozenset(int(i) for i in skip), max_member_bytes),
         batch_size=_BUILD_BATCH,
         num_workers=num_workers,
         collate_fn=_stack,

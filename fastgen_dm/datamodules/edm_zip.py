@@ -19,7 +19,7 @@ from fastgen_dm.index import EDMIndex, scan_edm
 from fastgen_dm.index.datatags import load_ignore_index
 from fastgen_dm.plan import Cursor, SamplePlan, TailPolicy, rank_batches, worker_batch_ids
 from fastgen_dm.read import BadDataPolicy, EDMReader, keep_stepping
-from fastgen_dm.storage import exists, fetch_once, is_local
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, check_max_member_bytes, exists, fetch_once, is_local, without_redacted
 from fastgen_dm.transform import hwc_to_chw, scale_to_unit
 
 logger = logging.getLogger(__name__)
@@ -32,14 +32,20 @@ def data_root() -> str:
     return os.environ.get("DATA_ROOT_DIR", DEFAULT_DATA_ROOT)
 
 
-def decode_item(member: str, data: bytes) -> np.ndarray:
-    """An EDM item as an array of shape (C, H, W): uint8 pixels, or an ``.npy`` array as stored."""
+def decode_item(member: str, data: bytes, source: str | None = None) -> np.ndarray:
+    """An EDM item as an array of shape (C, H, W): uint8 pixels, or an ``.npy`` array as stored.
+
+    Args:
+        member: The item's member name; its suffix picks the decoder.
+        data: The member's bytes.
+        source: The dataset, named with the member in errors; None names the member alone.
+    """
     if member.lower().endswith(".npy"):
         array = decoder_for("npy")(data)
         if array.ndim != 3:
             raise ValueError(f"array has shape {array.shape}; expected (C, H, W)")
         return array
-    return hwc_to_chw(decode_image(data))
+    return hwc_to_chw(decode_image(data, name=member if source is None else f"{source}: {member}"))
 
 
 class EDMStream(PlannedStream):
@@ -66,6 +72,7 @@ class EDMStream(PlannedStream):
         max_skip_fraction: float,
         storage_options: Mapping[str, Any] | None,
         skipped_index_dir: str | None = None,
+        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     ) -> None:
         self.index = index
         self.item_shape = item_shape
@@ -82,7 +89,7 @@ class EDMStream(PlannedStream):
         self.cache_file = cache_file
         self.max_skip_fraction = max_skip_fraction
         self.skipped_index_dir = skipped_index_dir
-        self.reader = EDMReader(index.source, index.is_zip, storage_options)
+        self.reader = EDMReader(index.source, index.is_zip, storage_options, max_member_bytes=max_member_bytes)
 
     @property
     def num_samples(self) -> int:
@@ -182,6 +189,12 @@ class ImageFolderDataModule(PlannedDataModule):
             ``ignore_index_paths`` format.
         cache_dir: Folder for the ``cache`` store; None puts it next to ``dataset_path``.
         storage_options: fsspec options (endpoint, credentials) for ``s3_path`` and remote paths.
+            Credentials are never written: checkpoints, ``hparams.yaml`` and ``config.yaml`` hold
+            ``"<redacted>"`` instead, which a run started from them leaves out (credentials then
+            come from the environment, or are passed again).
+        max_member_bytes: Cap on one member's (decompressed) size, in bytes: a larger member is a
+            bad item, refused before it is read (default 256 MiB). Folder datasets also refuse
+            members that are not regular files or that resolve (through links) outside the folder.
     """
 
     #: Where the named families' data lives under ``$DATA_ROOT_DIR``; None: ``dataset_path`` is required.
@@ -209,6 +222,7 @@ class ImageFolderDataModule(PlannedDataModule):
         skipped_index_dir: str | None = None,
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     ) -> None:
         if cache and num_workers is None:
             num_workers = 0  # a batch is one gather from the shared store: cheaper than a worker's IPC
@@ -227,7 +241,8 @@ class ImageFolderDataModule(PlannedDataModule):
         self.ignore_index_paths = list(ignore_index_paths or [])
         self.skipped_index_dir = skipped_index_dir
         self.cache_dir = cache_dir
-        self.storage_options = storage_options
+        self.storage_options = without_redacted(storage_options)
+        self.max_member_bytes = check_max_member_bytes(max_member_bytes)
         self._validate()
         self.stream: EDMStream | None = None
 
@@ -262,7 +277,10 @@ class ImageFolderDataModule(PlannedDataModule):
         if self.cache:
             index, shape, dtype = self._scan()
             ignored = self._ignored(index)
-            build_cache(self._cache_file(index, ignored), index, shape, dtype, self.storage_options, self.num_workers, ignored)
+            build_cache(
+                self._cache_file(index, ignored), index, shape, dtype, self.storage_options, self.num_workers, ignored,
+                max_member_bytes=self.max_member_bytes,
+            )  # fmt: skip
 
     def _missing_message(self) -> str:
         return f"dataset_path {self.dataset_path!r} does not exist; pass s3_path to fetch it, or create it with `fastgen prepare`"
@@ -287,12 +305,15 @@ class ImageFolderDataModule(PlannedDataModule):
             if not Path(cache_file).exists():
                 if self.trainer is not None and self.trainer.world_size > 1:
                     raise RuntimeError(f"cache {cache_file} is missing: prepare_data() builds it; was it skipped?")
-                build_cache(cache_file, index, shape, dtype, self.storage_options, self.num_workers, ignored)
+                build_cache(
+                    cache_file, index, shape, dtype, self.storage_options, self.num_workers, ignored,
+                    max_member_bytes=self.max_member_bytes,
+                )  # fmt: skip
         self.stream = EDMStream(
             index, shape, dtype, raw_idx, flip, self.use_labels, self.batch_size, self.seed, self.shuffle,
             self.tail, scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
             max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options,
-            skipped_index_dir=self.skipped_index_dir,
+            skipped_index_dir=self.skipped_index_dir, max_member_bytes=self.max_member_bytes,
         )  # fmt: skip
         if self.cursor is None:
             n = len(raw_idx)
@@ -310,8 +331,9 @@ class ImageFolderDataModule(PlannedDataModule):
             )
 
     def _scan(self) -> tuple[EDMIndex, tuple[int, ...], np.dtype]:
-        index = scan_edm(self.dataset_path, self.storage_options)
-        first = decode_item(index.members[0], EDMReader(index.source, index.is_zip, self.storage_options).read(index.members[0]))
+        index = scan_edm(self.dataset_path, self.storage_options, max_member_bytes=self.max_member_bytes)
+        reader = EDMReader(index.source, index.is_zip, self.storage_options, max_member_bytes=self.max_member_bytes)
+        first = decode_item(index.members[0], reader.read(index.members[0]), index.source)
         if self.resolution is not None and first.shape[-2:] != (self.resolution, self.resolution):
             raise ValueError(
                 f"{self.dataset_path} holds {first.shape[-1]}x{first.shape[-2]} items but resolution={self.resolution}; "

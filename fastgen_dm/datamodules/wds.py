@@ -23,7 +23,7 @@ from fastgen_dm.plan import Cursor, SamplePlan, ShardOrder, TailPolicy, worker_b
 from fastgen_dm.read import BadDataPolicy, keep_stepping
 from fastgen_dm.read.tar import iter_shard
 from fastgen_dm.read.wds import ShardReader
-from fastgen_dm.storage import list_shards, parse_datatag
+from fastgen_dm.storage import list_shards, parse_datatag, without_redacted
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,9 @@ class WDSDataModule(PlannedDataModule):
         num_workers: DataLoader workers per GPU; None uses every core (up to 8).
         pin_memory: Pin batches for the copy to the GPU.
         normalize_on_device: Deliver uint8 pixels and scale them on the GPU (media families).
-        storage_options: fsspec options (endpoint, credentials) for remote locations.
+        storage_options: fsspec options (endpoint, credentials) for remote locations. Credentials
+            are never written: checkpoints and configs hold ``"<redacted>"``, which a run started
+            from them leaves out (credentials then come from the environment, or are passed again).
     """
 
     default_key_map: dict[str, str] = {"real": "latent.pth", "condition": "txt_emb.pth"}
@@ -372,7 +374,7 @@ class WDSDataModule(PlannedDataModule):
         self.max_skip_fraction = max_skip_fraction
         self.skipped_index_dir = skipped_index_dir
         self.index_dir = index_dir or DEFAULT_INDEX_DIR
-        self.storage_options = storage_options
+        self.storage_options = without_redacted(storage_options)
         self._validate(train)
         self.train_stream: PlannedStream | None = None
         self.val_stream: WDSStream | None = None

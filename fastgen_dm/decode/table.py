@@ -1,6 +1,7 @@
 """The decoder table: one function per member suffix.
 
-Safety rules live here. ``.npy``/``.npz`` load with ``allow_pickle=False``; ``.pth`` loads with
+Safety rules live here. Images open through :mod:`fastgen_dm.decode.image` (whitelisted
+formats only); ``.npy``/``.npz`` load with ``allow_pickle=False``; ``.pth`` loads with
 ``torch.load(weights_only=True)``; pickle payloads (``pkl``, ``pickle``, ``pyd``, or a ``.pth``
 that needs full pickle) are refused unless the caller names the suffix in ``allow_pickle``.
 """
@@ -13,56 +14,17 @@ import pickle
 from typing import Any, Callable, Collection
 
 import numpy as np
-import PIL.Image
+
+from fastgen_dm.decode.image import decode_image
+from fastgen_dm.format.image import IMAGE_EXTENSIONS
 
 Decoder = Callable[[bytes], Any]
 
 PICKLE_EXTENSIONS = frozenset({"pkl", "pickle", "pyd"})
-IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm"})
-#: Pillow formats :func:`open_image` parses: those of ``IMAGE_EXTENSIONS`` (``JPEG`` covers the
-#: multi-picture JPEGs that cameras write). Bytes of any other format are refused before a parser
-#: runs (Pillow's EPS plugin, for one, starts Ghostscript).
-IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class PickleRefusedError(ValueError):
     """A payload needs pickle, which can run arbitrary code, and the user did not opt in."""
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """An image as stored (no mode conversion), uint8 of shape (H, W, C) with C >= 1."""
-    with PIL.Image.open(io.BytesIO(data)) as img:
-        array = np.asarray(img)
-    if array.ndim == 2:
-        array = array[:, :, np.newaxis]
-    if array.dtype != np.uint8:
-        raise ValueError(f"image has dtype {array.dtype}; expected 8-bit pixels")
-    return array
-
-
-def open_image(data: bytes) -> PIL.Image.Image:
-    """An image with its header read and its pixels not yet decoded, in any mode.
-
-    Decoding waits for the first pixel access, so a caller may still ask a JPEG for a reduced
-    size first (``img.draft``). The format is found from the bytes, not from a member's suffix.
-    PNG chunk checksums are verified first: Pillow skips those of the pixel data (IDAT) when it
-    decodes, so a PNG whose pixel chunks fail their CRC would otherwise decode silently.
-
-    Raises:
-        PIL.UnidentifiedImageError: Empty bytes, or a format outside ``IMAGE_FORMATS``.
-        ValueError: A PNG chunk whose CRC does not match.
-        OSError: Other damage Pillow finds in the header (truncated or pixel data damage is
-            raised later, when the pixels are decoded).
-    """
-    if data[:8] == _PNG_SIGNATURE:
-        try:
-            with PIL.Image.open(io.BytesIO(data), formats=["PNG"]) as probe:
-                probe.verify()  # walks every chunk and checks its CRC
-        except SyntaxError as err:  # Pillow reports a bad chunk CRC as SyntaxError
-            raise ValueError(f"broken PNG: {err}") from err
-    PIL.Image.init()  # registers every plugin once; later calls return at once
-    return PIL.Image.open(io.BytesIO(data), formats=[f for f in IMAGE_FORMATS if f in PIL.Image.OPEN])
 
 
 def decode_npy(data: bytes) -> np.ndarray:

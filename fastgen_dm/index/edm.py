@@ -15,17 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-import PIL.Image
 
-from fastgen_dm.storage import open_url, resolve_fs
+from fastgen_dm.format.image import is_image_name
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, open_url, read_folder_member, read_zip_member, resolve_fs
 
 LABELS_MEMBER = "dataset.json"
 
 
-def data_extensions() -> frozenset[str]:
-    """Extensions of data members: every image format Pillow knows, plus ``.npy`` arrays."""
-    PIL.Image.init()
-    return frozenset(ext.lower() for ext in PIL.Image.registered_extensions()) | {".npy"}
+def is_data_member(name: str) -> bool:
+    """Whether a member is an item: an image of :data:`~fastgen_dm.format.image.IMAGE_EXTENSIONS` or a ``.npy`` array.
+
+    Other members (``dataset.json``, an ``.eps`` or ``.pdf`` file) are not items and are never read.
+    """
+    return is_image_name(name) or name.lower().endswith(".npy")
 
 
 @dataclass(frozen=True)
@@ -61,23 +63,23 @@ def _check_member_name(source: str, name: str) -> None:
         raise ValueError(f"{source}: member {name!r} escapes the dataset folder; refusing to read this dataset")
 
 
-def _list_zip(source: str, storage_options: Mapping[str, Any] | None) -> tuple[list[str], bytes | None]:
+def _list_zip(source: str, storage_options: Mapping[str, Any] | None, max_bytes: int) -> tuple[list[str], bytes | None]:
     try:
         with open_url(source, "rb", storage_options) as f, zipfile.ZipFile(f) as zf:
             names = [info.filename for info in zf.infolist() if not info.is_dir()]
             for name in names:
                 _check_member_name(source, name)
-            labels_json = zf.read(LABELS_MEMBER) if LABELS_MEMBER in names else None
+            labels_json = read_zip_member(zf, LABELS_MEMBER, max_bytes=max_bytes, source=source) if LABELS_MEMBER in names else None
     except zipfile.BadZipFile as err:
         raise ValueError(f"{source} is not a zip file ({err}); expected an EDM dataset zip") from err
     return names, labels_json
 
 
-def _list_folder(source: str, storage_options: Mapping[str, Any] | None) -> tuple[list[str], bytes | None]:
+def _list_folder(source: str, storage_options: Mapping[str, Any] | None, max_bytes: int) -> tuple[list[str], bytes | None]:
     fs, root = resolve_fs(source, storage_options)
     root = root.rstrip("/")
     names = [posixpath.relpath(p, root) for p in fs.find(root)]
-    labels_json = fs.cat_file(f"{root}/{LABELS_MEMBER}") if LABELS_MEMBER in names else None
+    labels_json = read_folder_member(fs, root, LABELS_MEMBER, max_bytes=max_bytes, source=source) if LABELS_MEMBER in names else None
     return names, labels_json
 
 
@@ -103,12 +105,23 @@ def _parse_labels(source: str, members: list[str], labels_json: bytes | None) ->
     return labels.astype(np.int64)
 
 
-def scan_edm(source: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> EDMIndex:
+def scan_edm(
+    source: str | os.PathLike,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+) -> EDMIndex:
     """Read the member list and labels of an EDM zip or folder (no data member is read).
+
+    Args:
+        source: Path or URL of the zip file or folder.
+        storage_options: fsspec options for a remote ``source``.
+        max_member_bytes: Cap on the size of ``dataset.json``, in bytes.
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
-        ValueError: Not a zip, no data members, unsafe member names, or incomplete labels.
+        ValueError: Not a zip, no data members, unsafe member names, incomplete labels, or a
+            ``dataset.json`` over ``max_member_bytes`` (or, in a folder, a link out of it).
     """
     source = os.fspath(source)
     fs, path = resolve_fs(source, storage_options)
@@ -116,9 +129,8 @@ def scan_edm(source: str | os.PathLike, storage_options: Mapping[str, Any] | Non
         raise FileNotFoundError(f"dataset {source!r} does not exist")
     info = fs.info(path)
     is_zip = info["type"] != "directory"
-    names, labels_json = (_list_zip if is_zip else _list_folder)(source, storage_options)
-    extensions = data_extensions()
-    members = sorted(n for n in names if posixpath.splitext(n)[1].lower() in extensions)
+    names, labels_json = (_list_zip if is_zip else _list_folder)(source, storage_options, max_member_bytes)
+    members = sorted(n for n in names if is_data_member(n))
     if not members:
         raise ValueError(
             f"{source} holds no images or .npy arrays ({len(names)} other members); "

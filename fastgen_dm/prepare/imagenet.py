@@ -36,6 +36,8 @@ from typing import Literal
 import PIL.Image
 from tqdm import tqdm
 
+from fastgen_dm.decode import open_image
+from fastgen_dm.format import is_image_name
 from fastgen_dm.prepare.zip_check import VerifiedEDMZip, check_edm_zip, encode_png
 
 __all__ = [
@@ -150,11 +152,6 @@ class ImageNetListing:
         return len(self.files)
 
 
-def _image_extensions() -> frozenset[str]:
-    PIL.Image.init()
-    return frozenset(ext.lower() for ext in PIL.Image.registered_extensions())
-
-
 def list_imagenet_train(imagenet_source: str | os.PathLike[str]) -> ImageNetListing:
     """List ``imagenet_source/ILSVRC/Data/CLS-LOC/train/<wnid>/*`` images (by extension, as EDM).
 
@@ -169,13 +166,12 @@ def list_imagenet_train(imagenet_source: str | os.PathLike[str]) -> ImageNetList
             f"--imagenet-source {str(root)!r}: {train_dir} is not a folder; pass the folder that holds "
             f"ILSVRC/ (the ImageNet train images are under {TRAIN_SUBDIR}/<wnid>/*.JPEG)"
         )
-    extensions = _image_extensions()
     per_wnid: dict[str, list[str]] = {}
     with os.scandir(train_dir) as entries:
         for entry in entries:
             if entry.is_dir():
                 with os.scandir(entry.path) as files:
-                    names = [f.name for f in files if f.is_file() and os.path.splitext(f.name)[1].lower() in extensions]
+                    names = [f.name for f in files if f.is_file() and is_image_name(f.name)]
                 if names:  # as EDM: labels come from the folders that hold images
                     per_wnid[entry.name] = sorted(names)
     if not per_wnid:
@@ -215,7 +211,7 @@ def _crop_file(path: str, crops: tuple[str, ...], res: int) -> tuple[list[bytes]
     Encoding here, in the worker, keeps the main process (which only writes) off the critical path.
     """
     try:
-        with PIL.Image.open(path) as image:  # closing destroys the pixels: crop inside
+        with open_image(path) as image:  # closing destroys the pixels: crop inside
             rgb = _rgb(image)
             rgb.load()  # decodes now: a truncated or corrupt file fails here, inside the try
             return [encode_png(_CROPS[crop](rgb, res)) for crop in crops], None

@@ -45,14 +45,15 @@ from typing import Any, Literal
 
 import lightning
 import numpy as np
-import PIL.Image
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from fastgen_dm.decode import open_image
 from fastgen_dm.prepare.edm_zip import EDMZipWriter, member_name
 from fastgen_dm.prepare.imagenet import BadImagePolicy, convert_imagenet, list_imagenet_train
 from fastgen_dm.prepare.zip_check import check_edm_zip
 from fastgen_dm.read import EDMReader
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, read_zip_member
 from fastgen_dm.transform import scale_to_unit
 
 __all__ = [
@@ -138,7 +139,8 @@ class _ImageZipDataset(torch.utils.data.Dataset):
         return len(self.members)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        with PIL.Image.open(io.BytesIO(self.reader.read(self.members[index]))) as image:
+        member = self.members[index]
+        with open_image(self.reader.read(member), name=f"{self.reader.source}: {member}") as image:
             pixels = np.array(image.convert("RGB"))  # (H, W, 3) uint8
         return index, torch.from_numpy(pixels).permute(2, 0, 1)
 
@@ -280,7 +282,7 @@ def check_latent_zip(
                 first = next(i for i, (a, b) in enumerate(zip(found, names + [_LABELS_MEMBER])) if a != b)
                 raise bad(f"member {first} is {found[first]!r}, expected {(names + [_LABELS_MEMBER])[first]!r}")
             try:
-                table = json.loads(zf.read(_LABELS_MEMBER))["labels"]
+                table = json.loads(read_zip_member(zf, _LABELS_MEMBER, max_bytes=DEFAULT_MAX_MEMBER_BYTES, source=str(path)))["labels"]
                 found_labels = None if table is None else [(str(n), int(label)) for n, label in table]
             except (ValueError, KeyError, TypeError) as err:
                 raise bad(f"its {_LABELS_MEMBER} is not EDM labels JSON ({err!r})") from err
@@ -288,7 +290,8 @@ def check_latent_zip(
                 raise bad(f"its {_LABELS_MEMBER} does not hold the image zip's labels in order")
             if expected_items:
                 try:
-                    first_array = np.load(io.BytesIO(zf.read(names[0])), allow_pickle=False)
+                    data = read_zip_member(zf, names[0], max_bytes=DEFAULT_MAX_MEMBER_BYTES, source=str(path))
+                    first_array = np.load(io.BytesIO(data), allow_pickle=False)
                 except ValueError as err:
                     raise bad(f"its member {names[0]!r} is not a .npy array ({err})") from err
                 if first_array.dtype != np.float32 or first_array.ndim != 3 or first_array.shape[0] % 2:

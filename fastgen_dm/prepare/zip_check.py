@@ -16,7 +16,6 @@ be read by nobody; re-opening the staged zip checks the same things without chan
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -26,7 +25,9 @@ from types import TracebackType
 import numpy as np
 import PIL.Image
 
+from fastgen_dm.decode import open_image
 from fastgen_dm.prepare.edm_zip import EDMZipWriter, member_name, png_bytes
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, read_zip_member
 
 __all__ = ["VerifiedEDMZip", "check_edm_zip", "encode_png"]
 
@@ -78,14 +79,16 @@ def check_edm_zip(
             if names != expected_names:
                 first = next(i for i, (a, b) in enumerate(zip(names, expected_names)) if a != b)
                 raise bad(f"member {first} is {names[first]!r}, expected {expected_names[first]!r} (not EDM's layout)")
-            labels = _read_labels(zf.read(_LABELS_MEMBER), expected_names[:-1], bad)
+            raw_labels = read_zip_member(zf, _LABELS_MEMBER, max_bytes=DEFAULT_MAX_MEMBER_BYTES, source=str(path))
+            labels = _read_labels(raw_labels, expected_names[:-1], bad)
             if check_crc and (broken := zf.testzip()) is not None:
                 raise bad(f"member {broken!r} fails its CRC check (the file is damaged)")
             if resolution is not None:
                 try:
-                    with PIL.Image.open(io.BytesIO(zf.read(expected_names[0]))) as image:
+                    data = read_zip_member(zf, expected_names[0], max_bytes=DEFAULT_MAX_MEMBER_BYTES, source=str(path))
+                    with open_image(data, name=f"{path}: {expected_names[0]}") as image:
                         size = image.size
-                except (OSError, SyntaxError) as err:  # what Pillow raises for bytes it cannot read
+                except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:  # what the opener raises
                     raise bad(f"its first image {expected_names[0]!r} cannot be read ({err})") from err
                 if size != (resolution, resolution):
                     raise bad(f"holds {size[0]}x{size[1]} images, expected {resolution}x{resolution}")

@@ -1,5 +1,12 @@
 """Storage layer: bytes by URL through fsspec (local paths, ``file://``, ``s3://``, ``gs://``, ...)."""
 
+from fastgen_dm.storage.bounded import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    UnsafeMemberError,
+    check_max_member_bytes,
+    read_folder_member,
+    read_zip_member,
+)
 from fastgen_dm.storage.fs import S3_CONFIG_DEFAULTS, S3_RETRIES, StorageReadError, exists, fetch_once, is_local, open_url, resolve_fs
 from fastgen_dm.storage.shards import (
     DATATAG_PREFIX,
@@ -10,21 +17,31 @@ from fastgen_dm.storage.shards import (
     select_shards,
     shard_sort_key,
 )
+from fastgen_dm.storage.secrets import REDACTED, is_credential_key, redact_storage_options, without_redacted
 
 __all__ = [
     "S3_CONFIG_DEFAULTS",
     "S3_RETRIES",
     "StorageReadError",
     "DATATAG_PREFIX",
+    "DEFAULT_MAX_MEMBER_BYTES",
+    "REDACTED",
     "ShardFile",
+    "UnsafeMemberError",
+    "check_max_member_bytes",
     "exists",
     "fetch_once",
     "fit_shard_count",
+    "is_credential_key",
     "is_local",
     "list_shards",
     "open_url",
     "parse_datatag",
+    "read_folder_member",
+    "read_zip_member",
+    "redact_storage_options",
     "resolve_fs",
     "select_shards",
     "shard_sort_key",
+    "without_redacted",
 ]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgen_dm.decode.jpeg import EncodedJPEG, decode_jpegs, device_decodable
-from fastgen_dm.decode.table import open_image
+from fastgen_dm.decode.image import open_image
 
 
 def hwc_to_chw(array: np.ndarray) -> np.ndarray:

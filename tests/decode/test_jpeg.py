@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fastgen_dm.decode.jpeg import EncodedJPEG, decode_jpegs, device_decodable
-from fastgen_dm.decode.table import open_image
+from fastgen_dm.decode.image import open_image
 from helpers import bogus_huffman_table
 
 
