@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fastgen_dm.plan import Cursor, EpochPlan
+from fastgen_dm.read import BadDataPolicy, new_tally
 from fastgen_dm.storage import redact_storage_options
 from fastgen_dm.transform import scale_to_unit
 
@@ -37,6 +38,9 @@ class PlannedStream(IterableDataset):
     world_size: int = 1
     epoch: int = 0
     start: int = 0
+    #: The rank's bad-data run totals, shared with the workers (``fastgen_dm.read.new_tally``).
+    tally: torch.Tensor | None = None
+    max_skip_fraction: float = 1.0
 
     def place(self, rank: int, world_size: int) -> None:
         self.rank, self.world_size = rank, world_size
@@ -46,6 +50,10 @@ class PlannedStream(IterableDataset):
 
     def plan_for(self, epoch: int, start: int) -> EpochPlan:
         raise NotImplementedError
+
+    def bad_data_policy(self, worker_id: int) -> BadDataPolicy:
+        """A reader's policy, counting into the rank's run totals (row ``1 + worker_id``)."""
+        return BadDataPolicy(self.max_skip_fraction, tally=self.tally, slot=worker_id + 1)
 
     def iter_batches(self, plan: Any, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
@@ -128,6 +136,8 @@ class PlannedDataModule(lightning.LightningDataModule):
         self.pin_memory = pin_memory
         self.normalize_on_device = normalize_on_device
         self.cursor: Cursor | None = None
+        self._restored_tally = (0, 0)
+        self._train_tally: torch.Tensor | None = None
 
     def save_hyperparameters(
         self, *args: Any, ignore: Sequence[str] | str | None = None, frame: types.FrameType | None = None, logger: bool = True
@@ -154,6 +164,11 @@ class PlannedDataModule(lightning.LightningDataModule):
 
     def make_loader(self, stream: PlannedStream, cursor: Cursor | None) -> PlannedDataLoader:
         stream.place(*self.placement())
+        if stream.tally is None or len(stream.tally) != max(self.num_workers, 1) + 1:
+            stream.tally = new_tally(max(self.num_workers, 1))
+            if cursor is not None:  # the training stream carries the run's totals, restored ones included
+                stream.tally[0] += torch.tensor(self._restored_tally)
+                self._train_tally = stream.tally
         return PlannedDataLoader(
             stream,
             cursor,
@@ -177,8 +192,18 @@ class PlannedDataModule(lightning.LightningDataModule):
                     batch[key] = scale_to_unit(batch[key])
         return batch
 
+    def bad_data_totals(self) -> tuple[int, int]:
+        """``(seen, skipped)`` samples of the training stream over this rank's whole run."""
+        if self._train_tally is None:
+            return self._restored_tally
+        seen, skipped = self._train_tally.sum(dim=0).tolist()
+        return seen, skipped
+
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.cursor is None else {**self.cursor.state_dict(), "seed": self.seed}
+        if self.cursor is None:
+            return {}
+        seen, skipped = self.bad_data_totals()
+        return {**self.cursor.state_dict(), "seed": self.seed, "seen": seen, "skipped": skipped}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -192,3 +217,8 @@ class PlannedDataModule(lightning.LightningDataModule):
         if self.cursor is None:
             self.cursor = Cursor()
         self.cursor.load_state_dict(state_dict)  # in place: a loader made earlier shares this cursor
+        # the ceiling holds over the whole run: a resumed run starts from the checkpoint's totals
+        restored = (int(state_dict.get("seen", 0)), int(state_dict.get("skipped", 0)))
+        if self._train_tally is not None:
+            self._train_tally[0] += torch.tensor(restored) - torch.tensor(self._restored_tally)
+        self._restored_tally = restored

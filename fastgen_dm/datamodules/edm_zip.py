@@ -100,7 +100,7 @@ class EDMStream(PlannedStream):
 
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         batches = rank_batches(plan, self.rank)
-        policy = BadDataPolicy(self.max_skip_fraction)
+        policy = self.bad_data_policy(worker_id)
         store = open_cache(self.cache_file) if self.cache_file else None
         try:
             lost_or_loaded = (self._load(batches[j], store, policy) for j in worker_batch_ids(len(batches), num_workers, worker_id))
@@ -180,7 +180,8 @@ class ImageFolderDataModule(PlannedDataModule):
             from the start of the epoch (fewer than the number of GPUs) so every GPU gets a
             smaller last batch; "drop" leaves that step out.
         max_skip_fraction: Share of undecodable items tolerated (skipped, counted and logged)
-            before training stops with an error; 0 stops at the first.
+            before training stops with an error; 0 stops at the first. It holds over each GPU's
+            whole run (every epoch, worker and resume), after a grace of 1000 samples.
         ignore_index_paths: JSON files ``{"<zip file name>": ["<member>", ...]}`` of items never to
             read, e.g. ``{"cifar10-32x32.zip": ["00000/img00000005.png"]}`` (several merge; what
             ``fastgen verify --out`` and ``skipped_index_dir`` write). Epochs count without them,
@@ -217,7 +218,7 @@ class ImageFolderDataModule(PlannedDataModule):
         pin_memory: bool = True,
         normalize_on_device: bool = False,
         tail: TailPolicy = "pad",
-        max_skip_fraction: float = 0.0,
+        max_skip_fraction: float = 0.01,
         ignore_index_paths: list[str] | None = None,
         skipped_index_dir: str | None = None,
         cache_dir: str | None = None,

@@ -124,8 +124,8 @@ class SampleSource:
     transform: SampleTransform | None = None
     offsets_dir: str | None = None
 
-    def decoder(self) -> _Decoder:
-        return _Decoder(self.spec, self.constants, BadDataPolicy(self.max_skip_fraction), self.transform)
+    def decoder(self, policy: BadDataPolicy) -> _Decoder:
+        return _Decoder(self.spec, self.constants, policy, self.transform)
 
 
 class WDSStream(PlannedStream):
@@ -153,6 +153,7 @@ class WDSStream(PlannedStream):
         skipped_index_dir: str | None = None,
     ) -> None:
         self.source = source
+        self.max_skip_fraction = source.max_skip_fraction
         self.counts = np.array([s.count for s in source.shards], dtype=np.int64)
         self.shuffle, self.tail = shuffle, tail
         self.block, self.interleave, self.prefetch_batches = block, interleave, prefetch_batches
@@ -178,7 +179,7 @@ class WDSStream(PlannedStream):
         steps = worker_batch_ids(plan.rank_num_batches(self.rank), num_workers, worker_id)
         wanted = (order.locate(plan.batch_positions(self.rank, j)) for j in steps)
         reader = ShardReader(src.storage_options, offsets_dir=src.offsets_dir)
-        decoder = src.decoder()
+        decoder = src.decoder(self.bad_data_policy(worker_id))
         try:
             batches = (decoder.batch(items, plan.epoch) for items in reader.prefetch(src.shards, wanted, self.prefetch_batches))
             yield from keep_stepping(batches, f"rank {self.rank} worker {worker_id}")
@@ -196,6 +197,7 @@ class ResampledWDSStream(PlannedStream):
 
     def __init__(self, source: SampleSource, shuffle_buffer_bytes: int) -> None:
         self.source = source
+        self.max_skip_fraction = source.max_skip_fraction
         self.shuffle_buffer_bytes = shuffle_buffer_bytes
 
     def plan_for(self, epoch: int, start: int) -> SamplePlan:
@@ -204,7 +206,7 @@ class ResampledWDSStream(PlannedStream):
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         src = self.source
         rng = np.random.default_rng([src.seed, self.rank, worker_id, plan.epoch])
-        decoder = src.decoder()
+        decoder = src.decoder(self.bad_data_policy(worker_id))
         buffer: list[tuple[str, str, Any]] = []
         buffered_bytes = 0
         pending: list[tuple[str, str, Any]] = []
@@ -281,7 +283,8 @@ class WDSDataModule(PlannedDataModule):
         val_datatags: Datatags of a validation set (same options): every sample once across
             GPUs, unshuffled, nothing dropped.
         max_skip_fraction: Share of bad samples (truncated, undecodable, missing keys) tolerated,
-            skipped and counted, before an error stops training.
+            skipped and counted, before an error stops training. It holds over each GPU's whole
+            run (every epoch, worker and resume), after a grace of 1000 samples.
         skipped_index_dir: Folder where each reader writes the keys it skipped, in the
             ignore-index format that ``ignore_index_paths`` accepts.
         index_dir: Where ``prepare_data`` stores indexes of local datatags.
@@ -530,7 +533,9 @@ class WDSDataModule(PlannedDataModule):
         if self.train_stream is None:
             self.setup("fit")
         assert self.train_stream is not None
-        return self.make_loader(self.train_stream, None if self.resampled else self.cursor)
+        loader = self.make_loader(self.train_stream, None if self.resampled else self.cursor)
+        self.device_bad_data.tally = self.train_stream.tally  # the main process's row of the run totals
+        return loader
 
     def val_dataloader(self):
         if self.train_stream is None:

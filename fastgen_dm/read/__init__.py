@@ -1,6 +1,6 @@
 """Read layer: stream exactly the planned members out of zips and tars; count what is bad."""
 
-from fastgen_dm.read.bad_data import BadDataPolicy, TooManyBadSamplesError, keep_stepping
+from fastgen_dm.read.bad_data import GRACE_SAMPLES, BadDataPolicy, TooManyBadSamplesError, keep_stepping, new_tally
 from fastgen_dm.read.edm import EDMReader
 from fastgen_dm.read.tar import ByteCounter, ShardReadError, iter_shard, read_runs, split_sample
 
@@ -9,6 +9,8 @@ __all__ = [
     "EDMReader",
     "TooManyBadSamplesError",
     "keep_stepping",
+    "new_tally",
+    "GRACE_SAMPLES",
     "ByteCounter",
     "ShardReadError",
     "iter_shard",

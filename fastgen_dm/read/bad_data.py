@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,19 +27,37 @@ class TooManyBadSamplesError(RuntimeError):
     """The skipped fraction passed ``max_skip_fraction``."""
 
 
+#: Samples the ceiling assumes were seen before it is checked, so a bad first sample does not trip it.
+GRACE_SAMPLES = 1000
+
+
+def new_tally(readers: int) -> torch.Tensor:
+    """A run's bad-data tally shared by a rank's processes: int64 (readers + 1, 2) of (seen, skipped).
+
+    Row 0 holds what the main process counts (and what a checkpoint restored); row ``1 + w``
+    what worker ``w`` counts. Each row has one writer, so no lock is needed, and the sum is the
+    rank's whole run, across epochs, workers and resumes.
+    """
+    return torch.zeros((readers + 1, 2), dtype=torch.int64).share_memory_()
+
+
 @dataclass
 class BadDataPolicy:
-    """Counts bad samples and enforces a ceiling on their share.
+    """Counts bad samples and enforces a ceiling on their share over the whole run of a rank.
 
     Args:
-        max_skip_fraction: Largest tolerated share of skipped samples. The check starts counting
-            from ``grace_samples`` so a bad first sample does not trip it: skipping raises once
-            ``skipped > max_skip_fraction * max(seen, grace_samples)``. 0 makes any bad sample an error.
+        max_skip_fraction: Largest tolerated share of skipped samples: skipping raises once the
+            rank's run totals give ``skipped > max_skip_fraction * max(seen, grace_samples)``.
+            0 makes any bad sample an error.
         grace_samples: Samples the ceiling assumes were seen before it is checked.
+        tally: The rank's shared run totals (:func:`new_tally`); None counts this policy alone.
+        slot: This policy's row of ``tally``.
     """
 
     max_skip_fraction: float = 0.0
-    grace_samples: int = 1000
+    grace_samples: int = GRACE_SAMPLES
+    tally: torch.Tensor | None = field(default=None, repr=False)
+    slot: int = 0
     seen: int = 0
     skipped: int = 0
     causes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -50,22 +70,34 @@ class BadDataPolicy:
     def ok(self) -> None:
         """One sample was read and decoded."""
         self.seen += 1
+        if self.tally is not None:
+            self.tally[self.slot, 0] += 1
+
+    def totals(self) -> tuple[int, int]:
+        """``(seen, skipped)`` of the run so far (this policy's alone without a tally)."""
+        if self.tally is None:
+            return self.seen, self.skipped
+        seen, skipped = self.tally.sum(dim=0).tolist()
+        return seen, skipped
 
     def skip(self, source: str, key: str, error: BaseException) -> None:
         """One sample is bad: count it, log it once, and raise when the ceiling is passed."""
         self.seen += 1
         self.skipped += 1
+        if self.tally is not None:
+            self.tally[self.slot] += 1
         cause = type(error).__name__
         self.causes[cause] += 1
         self.skipped_keys[source].append(key)
         # ``bad_sample`` on the record: what tools (``fastgen verify``) read, rather than parsing the text
         bad_sample = {"source": str(source), "key": str(key), "cause": cause, "message": str(error)}
         logger.warning("skipping bad sample %s in %s: %s: %s", key, source, cause, error, extra={"bad_sample": bad_sample})
-        if self.skipped > self.max_skip_fraction * max(self.seen, self.grace_samples):
+        seen, skipped = self.totals()
+        if skipped > self.max_skip_fraction * max(seen, self.grace_samples):
             raise TooManyBadSamplesError(
-                f"{self.skipped} of {self.seen} samples were bad (max_skip_fraction={self.max_skip_fraction}); "
-                f"last: {key} in {source}: {cause}: {error}. Fix or drop the data (`fastgen verify` lists it), "
-                "or raise max_skip_fraction"
+                f"{skipped} of {seen} samples were bad (max_skip_fraction={self.max_skip_fraction}) over this GPU's "
+                f"run so far; last: {key} in {source}: {cause}: {error}. Fix or drop the data (`fastgen verify` "
+                "lists it), or raise max_skip_fraction"
             ) from error
 
     def write_skipped(self, folder: str | None, name: str) -> None:

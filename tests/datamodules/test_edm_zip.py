@@ -128,7 +128,7 @@ def test_state_dict_round_trip_resumes_the_stream(demo_zip):
         seen += next(loader)["idx"].tolist()
         dm.cursor.step()  # what the training loop does for each consumed batch
     state = dm.state_dict()
-    assert state == {"epoch": 0, "position": 50, "seed": 2}
+    assert state == {"epoch": 0, "position": 50, "seed": 2, "seen": 50, "skipped": 0}  # the bad-data ceiling spans the run
     resumed = ImageFolderDataModule(demo_zip, batch_size=10, num_workers=2, seed=2)
     resumed.load_state_dict(state)
     resumed.setup("fit")
@@ -211,10 +211,11 @@ def corrupt_member(path, member):
             zf.writestr(name, data)
 
 
-def test_a_corrupt_png_is_a_clear_error_by_default(make_zip):
+def test_a_corrupt_png_is_a_clear_error_with_no_tolerance(make_zip):
+    """The default ceiling (0.01, as for shards) skips one bad PNG; 0 stops at the first, naming it."""
     path = make_zip(random_images(10, size=4))
     corrupt_member(path, "00000/img00000003.png")
-    dm = ImageFolderDataModule(path, batch_size=5, num_workers=0, shuffle=False)
+    dm = ImageFolderDataModule(path, batch_size=5, num_workers=0, shuffle=False, max_skip_fraction=0.0)
     dm.setup("fit")
     with pytest.raises(RuntimeError, match=re.escape("last: 00000/img00000003.png in")):
         list(dm.train_dataloader())
@@ -295,7 +296,7 @@ def test_mixed_shapes_are_reported_with_the_member(make_zip):
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-    dm = ImageFolderDataModule(path, batch_size=4, num_workers=0)
+    dm = ImageFolderDataModule(path, batch_size=4, num_workers=0, max_skip_fraction=0.0)
     dm.setup("fit")
     with pytest.raises(RuntimeError, match=re.escape("item is uint8[3, 6, 6]; the dataset is uint8[3, 4, 4]")):
         list(dm.train_dataloader())
