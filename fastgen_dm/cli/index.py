@@ -7,7 +7,8 @@ import json
 import posixpath
 
 from fastgen_dm.index.datatags import INDEX_NAME
-from fastgen_dm.index.wds import index_shards, load_index, save_index
+from fastgen_dm.index.build import index_shards
+from fastgen_dm.index.store import load_index, save_index
 from fastgen_dm.storage import exists, list_shards, open_url, parse_datatag
 
 

@@ -12,7 +12,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fastgen_dm.index.datatags import Shard
-from fastgen_dm.index.wds import ShardIndex, ShardReadError, index_shard
+from fastgen_dm.format.tar import ShardReadError
+from fastgen_dm.index.build import index_shard
+from fastgen_dm.index.shard_index import ShardIndex
 from fastgen_dm.read.tar import ByteCounter, read_runs, split_sample
 
 Sample = tuple[str, "dict[str, bytes] | Exception"]
@@ -30,11 +32,7 @@ class ShardReader:
         if shard.index is not None:
             return shard.index
         if shard.url not in self._walked:
-            walked = index_shard(shard.url, self.storage_options, partial_ok=True)
-            keep = np.array([k not in shard.ignored for k in walked.keys], dtype=bool)
-            self._walked[shard.url] = ShardIndex(
-                walked.url, walked.size, tuple(k for k, m in zip(walked.keys, keep) if m), walked.starts[keep], walked.ends[keep]
-            )
+            self._walked[shard.url] = index_shard(shard.url, self.storage_options, partial_ok=True).without(shard.ignored)
         return self._walked[shard.url]
 
     def read(self, shard: Shard, samples: Sequence[int]) -> list[Sample]:

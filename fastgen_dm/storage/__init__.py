@@ -1,6 +1,7 @@
-"""Storage layer: bytes by URL through fsspec (local paths, ``file://``, ``s3://``, ``gs://``, ...)."""
+"""Storage layer: bytes by URL through fsspec (local paths, ``file://``, ``s3://``, ``gs://``, ...), and exact byte ranges of them."""
 
 from fastgen_dm.storage.fs import exists, fetch_once, is_local, open_url, resolve_fs
+from fastgen_dm.storage.ranges import BlockReader, ByteCounter, RangeSource
 from fastgen_dm.storage.shards import (
     DATATAG_PREFIX,
     ShardFile,
@@ -13,6 +14,9 @@ from fastgen_dm.storage.shards import (
 
 __all__ = [
     "DATATAG_PREFIX",
+    "BlockReader",
+    "ByteCounter",
+    "RangeSource",
     "ShardFile",
     "exists",
     "fetch_once",
