@@ -76,6 +76,8 @@ def split_name(name: str) -> tuple[str, str] | None:
     dot = name.find(".", base)
     if dot <= base:  # no dot in the base name, or a hidden base name
         return None
+    if "\n" in name and "." in name[name.rfind("/", 0, name.find("\n")) + 1 : base]:
+        return None  # webdataset's regex cannot skip a folder with a dot after a newline ("." stops at "\n")
     if name.startswith("__"):
         slash = name.find("/")
         head = name[:slash] if slash != -1 else name.removesuffix("\n")  # regex "$" also matches before a final newline
