@@ -3,7 +3,7 @@
 Indexing a shard of 1 MB members reads a few percent of it; a shard of small members is read
 whole, a few MiB per request, its headers parsed a buffer at a time
 (:func:`fastgen_dm.format.tar.scan_members`). Many shards are indexed in parallel: threads for
-object stores (the work is waiting), processes for local files (the work is parsing).
+object stores (the work is waiting), optionally processes for local files (the work is parsing).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def index_shards(
     partial_ok: bool = False,
     block_bytes: int = INDEX_BLOCK_BYTES,
     *,
-    num_processes: int | None = None,
+    num_processes: int | None = 1,
 ) -> list[ShardIndex]:
     """Index many shards in parallel, in input order.
 
@@ -90,8 +90,10 @@ def index_shards(
             request).
         partial_ok: See :func:`index_shard`; otherwise the first damaged shard raises.
         block_bytes: See :func:`index_shard`.
-        num_processes: Worker processes for local shards (parsing headers is CPU work that
-            threads cannot share); None uses every core, 1 indexes them in this process.
+        num_processes: Worker processes (forked) for local shards: parsing headers is CPU work
+            that threads cannot share. None uses every core. The default, 1, indexes them in this
+            process: on a busy 2-core machine that was the faster (``benchmarks/bench_index.py``),
+            and it forks nothing inside a training process.
 
     Raises:
         ShardReadError: A damaged shard (unless ``partial_ok``).

@@ -69,7 +69,7 @@ def test_each_sample_byte_range_is_read_once_and_nothing_else(latent_shards, tmp
 
 def test_prepare_data_indexes_local_shards_and_a_count_file_alone_also_works(latent_shards, tmp_path):
     indexed = make(latent_shards, tmp_path)
-    assert list((tmp_path / "index").glob("*.json"))
+    assert list((tmp_path / "index").glob("*.fgi"))
     assert all(s.index is not None for s in indexed.train_stream.source.shards)
     counted = ImageLatentDataModule(
         [f"WDS:{latent_shards}"], batch_size=16, num_workers=0, shard_count_file="shard_counts.json", index_dir=str(tmp_path / "none")

@@ -279,6 +279,20 @@ def test_index_shards_keeps_order_and_reuses_unchanged(tmp_path, monkeypatch):
     assert all(again[k] is first[k] for k in (0, 1, 3, 4))
 
 
+def test_index_shards_in_processes_gives_the_same_indexes(tmp_path, intact):
+    url, full = intact
+    urls = [url] + [write_wds(tmp_path / f"{k:05d}.tar", latent_samples(3 + k, seed=k)) for k in range(3)]
+    alone = index_shards(urls, show_progress=False)
+    forked = index_shards(urls, show_progress=False, num_processes=2)
+    assert [s.url for s in forked] == urls
+    for a, b in zip(alone, forked):
+        assert (a.keys, a.size) == (b.keys, b.size)
+        np.testing.assert_array_equal(a.ends, b.ends)
+    bad = cut(url, tmp_path / "bad.tar", int(full.starts[2]) + 600)
+    with pytest.raises(ShardReadError, match=re.escape(bad)):  # the error crosses the process boundary
+        index_shards([*urls, bad], show_progress=False, num_processes=2)
+
+
 def test_index_shards_raises_on_a_damaged_shard(tmp_path, intact):
     url, full = intact
     bad = cut(url, tmp_path / "bad.tar", int(full.starts[2]) + 600)
@@ -288,7 +302,14 @@ def test_index_shards_raises_on_a_damaged_shard(tmp_path, intact):
     assert [s.count for s in both] == [6, 2] and both[1].truncated_at == full.starts[2]
 
 
-@pytest.mark.parametrize("urls, threads, message", [(["a", "a"], 2, "urls lists ['a'] more than once"), (["a"], 0, "num_threads must be >= 1, got 0")])
-def test_index_shards_arguments(urls, threads, message):
+@pytest.mark.parametrize(
+    "urls, threads, processes, message",
+    [
+        (["a", "a"], 2, 1, "urls lists ['a'] more than once"),
+        (["a"], 0, 1, "num_threads must be >= 1, got 0"),
+        (["a"], 2, 0, "num_processes must be >= 1 (or None for every core), got 0"),
+    ],
+)
+def test_index_shards_arguments(urls, threads, processes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        index_shards(urls, num_threads=threads, show_progress=False)
+        index_shards(urls, num_threads=threads, show_progress=False, num_processes=processes)
