@@ -86,6 +86,11 @@ class KeyList(Sequence[str]):
         start, stop = int(self.offsets[0]), int(self.offsets[-1])
         return self.blob[start:stop], self.offsets - start
 
+    def __reduce__(self) -> tuple[type[KeyList], tuple[np.ndarray, np.ndarray]]:
+        # Only these keys travel: a slice of a loaded index shares the whole file's blob.
+        blob, offsets = self.compact()
+        return KeyList, (np.array(blob), np.array(offsets))
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, KeyList):
             (a_blob, a_off), (b_blob, b_off) = self.compact(), other.compact()

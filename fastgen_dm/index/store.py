@@ -149,7 +149,7 @@ def load_index(path: str, storage_options: Mapping[str, Any] | None = None) -> d
         with open_url(path, "rb", storage_options) as f:
             data = np.frombuffer(f.read(), dtype=np.uint8)
     head = data[: _PREAMBLE.size].tobytes()
-    if head[:1] in (b"{", b"[") or path.endswith(".json"):
+    if head[:1] in (b"{", b"["):
         raise ValueError(f"{path} is a JSON shard index of an older fastgen-dm; {_REBUILD} (it writes fastgen_index.fgi)")
     if len(head) < _PREAMBLE.size or head[:8] != MAGIC:
         raise ValueError(f"{path} is not a fastgen shard index (its first bytes are {head[:8]!r}, not {MAGIC!r}); {_REBUILD}")

@@ -169,16 +169,6 @@ def test_empty_tar(tmp_path):
 # --- damaged shards ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def intact(tmp_path):
-    """A ustar shard of 6 samples with two members each, and its index."""
-    members = []
-    for k in range(6):
-        members += [(f"{k:06d}.jpg", bytes([k]) * 1500), (f"{k:06d}.json", b"{}")]
-    url = write_tar(tmp_path / "intact.tar", members)
-    return url, index_shard(url)
-
-
 def cut(src, dest, length):
     with open(src, "rb") as f:
         data = f.read(length)

@@ -1,5 +1,6 @@
 """fastgen_dm.index.shard_index: keys as one blob, ranges as read-only int64, ignored keys removed."""
 
+import pickle
 import re
 
 import numpy as np
@@ -67,3 +68,11 @@ def test_without_removes_ignored_keys_and_their_ranges():
     np.testing.assert_array_equal(fewer.starts, [0, 2048])
     np.testing.assert_array_equal(fewer.ends, [1024, 3072])
     assert index.without({"a", "b", "c"}).count == 0
+
+
+def test_a_key_slice_pickles_only_its_own_keys():
+    keys = KeyList.from_strings([f"{k:08d}" for k in range(10_000)])
+    part = keys[10:12]
+    assert len(pickle.dumps(part)) < 1_000 < len(pickle.dumps(keys))
+    again = pickle.loads(pickle.dumps(part))
+    assert again == ("00000010", "00000011") and again.offsets[0] == 0

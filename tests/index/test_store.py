@@ -8,19 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from helpers import latent_samples, write_tar, write_wds
+from helpers import latent_samples, write_wds
 
 from fastgen_dm.index import ShardIndex, index_shard, load_index, save_index, store
-
-
-@pytest.fixture
-def intact(tmp_path):
-    """A ustar shard of 6 samples with two members each, and its index."""
-    members = []
-    for k in range(6):
-        members += [(f"{k:06d}.jpg", bytes([k]) * 1500), (f"{k:06d}.json", b"{}")]
-    url = write_tar(tmp_path / "intact.tar", members)
-    return url, index_shard(url)
 
 
 def assert_same(a, b):
