@@ -33,6 +33,7 @@ BLOCK = 512  # tar headers and data paddings are multiples of it
 INDEX_BLOCK_BYTES = 32 << 10  # bytes fetched per request while walking headers (one request per member at most)
 STREAM_BLOCK_BYTES = 8 << 20  # bytes fetched per request when a whole shard is read in order
 SCAN_MAX_BYTES = 4 << 20  # largest buffer scan_members reads at once, where headers lie densely
+MAX_EXTENDED_BYTES = 1 << 20  # a pax or long-name header's data is read whole: long names need a few KiB
 
 _ZERO_BLOCK = bytes(BLOCK)
 _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
@@ -350,6 +351,8 @@ def _member_at(window: _Window, pos: int) -> TarMember | None:
         if kind in _PAX_TYPES or kind in (_LONG_NAME, _LONG_LINK):
             if data + n > size:
                 raise _BadHeader(f"extended header of {n} bytes runs past the end of the file ({size} bytes)")
+            if n > MAX_EXTENDED_BYTES:
+                raise _BadHeader(f"extended header of {n} bytes is over the limit of {MAX_EXTENDED_BYTES} bytes (long names need a few KiB)")
             payload = window.get(data, n)
             if kind == _LONG_NAME and name is None:
                 name = _text(payload)

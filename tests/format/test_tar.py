@@ -182,6 +182,7 @@ CORPUS = {
     "pax size record not a number": (GOOD + pax(b"12 size=1x2\n") + member(b"c.jpg", b"x") + END, 4096, "corrupt pax header ('size' record b'1x2' is not a decimal number)", 1),
     "pax size record past the end": (GOOD + pax(b"16 size=9999999\n") + member(b"c.jpg", b"x") + END, 4096, "member 'c.jpg' needs 10000384 bytes", 2),
     "pax header data past the end": (GOOD + header(b"././@PaxHeader", 4096, b"x") + bytes(512), 4096, "extended header of 4096 bytes runs past the end of the file", 1),
+    "pax header too large to read": (GOOD + header(b"././@PaxHeader", 2 << 20, b"x") + bytes(2 << 20) + END, 4096, "extended header of 2097152 bytes is over the limit of 1048576 bytes", 1),
     "pax global header renaming every member": (GOOD + header(b"g", 12, b"g") + b"12 path=x.y\n" + bytes(500) + member(b"c.jpg", b"x") + END, 4096, "pax global header sets 'path' or 'size'", 1),
     "long name without its member": (GOOD + header(b"././@LongLink", 6, b"L") + b"c.jpg\0" + bytes(506) + END, 4096, "extended header followed by the end-of-archive block, without its member", 1),
     "long name at the end of the file": (GOOD + header(b"././@LongLink", 6, b"L") + b"c.jpg\0" + bytes(506), 4096, "extended header at the end of the file, without its member", 1),
