@@ -154,13 +154,13 @@ def merge_bad(recorded: Iterable[Mapping[str, str]], skip_files: Mapping[str, se
 
 def walk_keys(url: str, storage_options: Mapping[str, Any] | None) -> tuple[list[str], Exception | None]:
     """The sample keys whose headers are readable, in order, and the damage that stopped the walk."""
-    from fastgen_dm.format.tar import INDEX_BLOCK_BYTES, ShardReadError, sample_members, walk_members
+    from fastgen_dm.format.tar import INDEX_BLOCK_BYTES, ShardReadError, sample_members, scan_members
     from fastgen_dm.storage import BlockReader, RangeSource
 
     keys: list[str] = []
     with RangeSource(url, storage_options) as source:
         try:
-            walk = walk_members(BlockReader(source, INDEX_BLOCK_BYTES), url, source.size, warn_missing_end=False)
+            walk = scan_members(BlockReader(source, INDEX_BLOCK_BYTES), url, source.size, warn_missing_end=False)
             for key, _, _ in sample_members(walk):
                 if not keys or keys[-1] != key:
                     keys.append(key)

@@ -182,7 +182,12 @@ def walk_members(
 
 
 def scan_members(
-    f: BinaryIO, url: str, size: int, read_bytes: int = INDEX_BLOCK_BYTES, max_read_bytes: int = SCAN_MAX_BYTES
+    f: BinaryIO,
+    url: str,
+    size: int,
+    read_bytes: int = INDEX_BLOCK_BYTES,
+    max_read_bytes: int = SCAN_MAX_BYTES,
+    warn_missing_end: bool = True,
 ) -> Iterator[TarMember]:
     """The members of the tar in ``f``, as :func:`walk_members` yields them, parsed a buffer at a time.
 
@@ -190,7 +195,7 @@ def scan_members(
     numpy for a whole buffer at once (checksums included); any other header goes through the
     header-by-header parser, so the members and the errors are those of :func:`walk_members`.
     Reads grow from ``read_bytes`` up to ``max_read_bytes`` while headers lie densely and fall
-    back when the walk seeks over large members.
+    back when the walk seeks over large members. ``warn_missing_end`` is that of :func:`walk_members`.
 
     Raises:
         ShardReadError: Truncated or corrupt tar, as :func:`walk_members` raises it.
@@ -205,7 +210,7 @@ def scan_members(
             continue
         # No plain header at ``pos``: the exact parser takes a few members, more each time the
         # buffer parse fails again, so a shard of unusual headers is not scanned over and over.
-        for member in _walk(window, url, 0, True, start=pos, steps=exact_steps):
+        for member in _walk(window, url, 0, warn_missing_end, start=pos, steps=exact_steps):
             yield member
             pos = member.next_offset
         if stop == pos:  # the exact parser ended the walk
