@@ -111,36 +111,53 @@ def index_shards(
         raise ValueError(f"urls lists {twice[:3]} more than once; each shard must appear once")
     previous = previous or {}
     results: list[ShardIndex | None] = [None] * len(urls)
-    todo: list[int] = []
+    local: list[int] = []
+    remote: list[int] = []
     for k, url in enumerate(urls):
-        old = previous.get(url)
-        if old is not None and (old.truncated_at is None or partial_ok) and _size(url, storage_options) == old.size:
-            results[k] = old
+        if not is_local(url):
+            remote.append(k)  # its size is a HEAD request: checked in the threads, alongside the indexing
+        elif _unchanged(url, previous.get(url), storage_options, partial_ok):
+            results[k] = previous[url]
         else:
-            todo.append(k)
-    reused = len(urls) - len(todo)
-    local = [k for k in todo if is_local(urls[k])]
-    remote = [k for k in todo if not is_local(urls[k])]
+            local.append(k)
     processes = min(num_processes or os.cpu_count() or 1, len(local))
-    with tqdm(total=len(urls), initial=reused, unit="shard", desc="index shards", disable=not show_progress) as bar:
-        jobs = [(remote, ThreadPoolExecutor(max_workers=num_threads))] if remote else []
+    jobs: list[tuple[Executor, list[int]]] = []
+    with tqdm(total=len(urls), unit="shard", desc="index shards", disable=not show_progress) as bar:
+        bar.update(len(urls) - len(local) - len(remote))
+        if remote:
+            jobs.append((ThreadPoolExecutor(max_workers=num_threads), remote))
         if local:
             # fork: a spawned worker would import the whole package (torch, lightning) first.
             pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) if processes > 1 else ThreadPoolExecutor(1)
-            jobs.append((local, pool))
-        _run(jobs, urls, storage_options, partial_ok, block_bytes, results, bar)
+            jobs.append((pool, local))
+        _run(jobs, urls, previous, storage_options, partial_ok, block_bytes, results, bar)
+    reused = sum(previous.get(url) is r for url, r in zip(urls, results))
     logger.info("indexed %d shards (%d reused unchanged)", len(urls), reused)
     return [r for r in results if r is not None]
 
 
-def _size(url: str, storage_options: Mapping[str, Any] | None) -> int:
+def _unchanged(url: str, old: ShardIndex | None, storage_options: Mapping[str, Any] | None, partial_ok: bool) -> bool:
+    """Whether ``old`` still describes the shard: same size (and not partial, unless partial indexes are fine)."""
+    if old is None or (old.truncated_at is not None and not partial_ok):
+        return False
     fs, path = resolve_fs(url, storage_options)
-    return int(fs.size(path))
+    return int(fs.size(path)) == old.size
+
+
+def _index_unless_unchanged(
+    url: str, old: ShardIndex | None, storage_options: Mapping[str, Any] | None, partial_ok: bool, block_bytes: int
+) -> ShardIndex:
+    """``old`` when the shard is unchanged (None: index it anyway), else a fresh index."""
+    if _unchanged(url, old, storage_options, partial_ok):
+        assert old is not None
+        return old
+    return index_shard(url, storage_options, partial_ok, None, block_bytes)
 
 
 def _run(
-    jobs: list[tuple[list[int], Executor]],
+    jobs: list[tuple[Executor, list[int]]],
     urls: list[str],
+    previous: Mapping[str, ShardIndex],
     storage_options: Mapping[str, Any] | None,
     partial_ok: bool,
     block_bytes: int,
@@ -149,11 +166,12 @@ def _run(
 ) -> None:
     """Submit every job to its pool and fill ``results`` as they finish; the first error cancels the rest."""
     futures: dict[Future, int] = {}
+    options = dict(storage_options) if storage_options else None  # a plain dict pickles to worker processes
     try:
-        for ks, pool in jobs:
+        for pool, ks in jobs:
             for k in ks:
-                options = dict(storage_options) if storage_options else None
-                futures[pool.submit(index_shard, urls[k], options, partial_ok, None, block_bytes)] = k
+                old = previous.get(urls[k]) if not is_local(urls[k]) else None  # local ones were checked already
+                futures[pool.submit(_index_unless_unchanged, urls[k], old, options, partial_ok, block_bytes)] = k
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -165,5 +183,5 @@ def _run(
                 results[futures[future]] = future.result()
                 bar.update(1)
     finally:
-        for _, pool in jobs:
+        for pool, _ in jobs:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -269,6 +269,22 @@ def test_index_shards_keeps_order_and_reuses_unchanged(tmp_path, monkeypatch):
     assert all(again[k] is first[k] for k in (0, 1, 3, 4))
 
 
+def test_index_shards_reuses_unchanged_remote_shards(tmp_path):
+    root = f"memory://fastgen-test-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    urls = [f"{root}/{k:05d}.tar" for k in range(3)]
+    for k, url in enumerate(urls):
+        fs.pipe_file(url, open(write_wds(tmp_path / f"{k}.tar", latent_samples(3 + k, seed=k)), "rb").read())
+    try:
+        first = index_shards(urls, show_progress=False)
+        fs.pipe_file(urls[1], open(write_wds(tmp_path / "new.tar", latent_samples(9, seed=9)), "rb").read())
+        again = index_shards(urls, show_progress=False, previous={s.url: s for s in first})
+    finally:
+        fs.rm(root, recursive=True)
+    assert again[0] is first[0] and again[2] is first[2]
+    assert again[1] is not first[1] and again[1].count == 9
+
+
 def test_index_shards_in_processes_gives_the_same_indexes(tmp_path, intact):
     url, full = intact
     urls = [url] + [write_wds(tmp_path / f"{k:05d}.tar", latent_samples(3 + k, seed=k)) for k in range(3)]
