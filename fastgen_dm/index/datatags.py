@@ -32,6 +32,7 @@ from fastgen_dm.storage import (
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "fastgen_index.fgi"
+LEGACY_INDEX_NAME = "fastgen_index.json"  # found only to say that it must be rebuilt
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,18 @@ def _load_counts(path: str, storage_options: Mapping[str, Any] | None) -> dict[s
     return table
 
 
-def _find_index(location: str, index_dir: str | None, storage_options: Mapping[str, Any] | None) -> dict[str, ShardIndex]:
-    """The location's index keyed by shard file name ({} when there is none)."""
+def _find_index(
+    location: str, index_dir: str | None, storage_options: Mapping[str, Any] | None, legacy: bool = True
+) -> dict[str, ShardIndex]:
+    """The location's index keyed by shard file name ({} when there is none).
+
+    With ``legacy``, an old JSON index left alone in the location raises (load_index says to rebuild it).
+    """
     candidates = [f"{location}/{INDEX_NAME}"]
     if index_dir is not None and is_local(location):
         candidates.append(local_index_path(index_dir, location))
+    if legacy:
+        candidates.append(f"{location}/{LEGACY_INDEX_NAME}")
     for path in candidates:
         if exists(path, storage_options):
             return {posixpath.basename(url): idx for url, idx in load_index(path, storage_options).items()}
@@ -183,6 +191,6 @@ def local_datatags_without_index(datatags: Sequence[str], index_dir: str, storag
     missing = []
     for tag in datatags:
         location = parse_datatag(tag)
-        if is_local(location) and not _find_index(location, index_dir, storage_options):
+        if is_local(location) and not _find_index(location, index_dir, storage_options, legacy=False):
             missing.append(tag)
     return missing

@@ -230,6 +230,18 @@ def test_remote_data_without_counts_says_how_to_index(latent_shards, tmp_path, m
         dm.setup("fit")
 
 
+def test_an_old_json_index_says_to_rebuild_it(tmp_path):
+    folder = tmp_path / "old"
+    write_demo_shards(folder, "image_latent", num_samples=20, samples_per_shard=10)
+    (folder / "fastgen_index.json").write_text('{"format": "fastgen-wds-index", "version": 1, "shards": {}}')
+    dm = ImageLatentDataModule([f"WDS:{folder}"], batch_size=4, num_workers=0, index_dir=str(tmp_path / "i"))
+    with pytest.raises(ValueError, match=re.escape(f"{folder}/fastgen_index.json is a JSON shard index of an older fastgen-dm; rebuild it with `fastgen index`")):
+        dm.setup("fit")
+    dm.prepare_data()  # local data: prepare_data builds a new index instead, which then wins
+    dm.setup("fit")
+    assert sum(s.count for s in dm.train_stream.source.shards) == 20
+
+
 def test_a_sample_of_the_wrong_dtype_is_bad_data_not_a_collate_error(tmp_path):
     import io
 
