@@ -20,7 +20,6 @@ header-by-header parser for anything but the plain ustar and webdataset pax layo
 
 from __future__ import annotations
 
-import bisect
 import logging
 import zlib
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
@@ -495,46 +494,44 @@ def _scan_buffer(buf: bytes, base: int, size: int) -> tuple[list[TarMember], int
     no_data = np.isin(kinds, list(_NO_DATA_TYPES))
     next_rows = np.arange(rows) + 1 + np.where(no_data, 0, -(-sizes // BLOCK))
     plain &= next_rows <= (size - base) // BLOCK  # data past the end of the file: the exact parser raises
+    candidates = np.flatnonzero(plain)
+    plain[candidates] = _checksums_ok(blocks[candidates])  # a bad one stops the walk; the exact parser says why
     # Step per row: 1 regular member, 2 member without data, 3 pax header to check, 4 plain pax header, 0 stop.
     steps = np.select(
         [~plain, np.isin(kinds, list(_REGULAR_TYPES - {0})), no_data, (kinds == 120) & (sizes <= BLOCK)], [0, 1, 2, 3], 0
     )
     steps[(steps == 3) & _plain_pax_rows(blocks, sizes)] = 4
-    step_list, next_list, size_list = steps.tolist(), next_rows.tolist(), sizes.tolist()
-    members: list[TarMember] = []
-    visited: list[int] = []  # header rows, for the checksums
+    step_list, next_list = steps.tolist(), next_rows.tolist()
+    member_rows: list[int] = []
+    group_rows: list[int] = []  # each member's first header row (its pax header's, if any)
     row, first = 0, -1
     while row < rows:
         step = step_list[row]
         if step >= 3:  # a pax header whose data is the next block
-            if step == 3 and (row + 1 >= rows or not _plain_pax(buf[(row + 1) * BLOCK : (row + 1) * BLOCK + size_list[row]])):
+            if step == 3 and (row + 1 >= rows or not _plain_pax(buf[(row + 1) * BLOCK : (row + 1) * BLOCK + int(sizes[row])])):
                 break
-            visited.append(row)
             if first < 0:
                 first = row
-            row = next_list[row]
-            continue
-        if step == 0:
+        elif step == 0:
             break
-        visited.append(row)
-        at = row * BLOCK
-        name = buf[at : at + 100]
-        nul = name.find(0)
-        members.append(
-            TarMember(
-                (name[:nul] if nul >= 0 else name).decode("utf-8", "surrogateescape"),
-                base + (first if first >= 0 else row) * BLOCK, base + at + BLOCK, size_list[row], step == 1, base + next_list[row] * BLOCK,
-            )
-        )  # fmt: skip
-        first, row = -1, next_list[row]
+        else:
+            member_rows.append(row)
+            group_rows.append(first if first >= 0 else row)
+            first = -1
+        row = next_list[row]
     stop = base + (first if first >= 0 else row) * BLOCK
-    if visited:
-        header_rows = np.array(visited, dtype=np.int64)
-        bad = np.flatnonzero(~_checksums_ok(blocks[header_rows]))
-        if bad.size:  # the exact parser reports it (or accepts an old-style signed checksum)
-            bad_at = base + int(header_rows[bad[0]]) * BLOCK
-            kept = bisect.bisect_left([m.data_offset - BLOCK for m in members], bad_at)  # members whose own header is before it
-            if kept < len(members):
-                stop = members[kept].header_offset
-            members = members[:kept]
-    return members, stop
+    if not member_rows:
+        return [], stop
+    at = np.array(member_rows, dtype=np.int64)
+    names = blocks[at, :100]
+    lengths = np.where(names.all(axis=1), 100, np.argmin(names, axis=1)).tolist()  # up to the first NUL
+    offsets = (at * BLOCK).tolist()
+    columns = (
+        [buf[o : o + n].decode("utf-8", "surrogateescape") for o, n in zip(offsets, lengths)],
+        (base + np.array(group_rows, dtype=np.int64) * BLOCK).tolist(),
+        (base + (at + 1) * BLOCK).tolist(),
+        sizes[at].tolist(),
+        (steps[at] == 1).tolist(),
+        (base + next_rows[at] * BLOCK).tolist(),
+    )
+    return list(map(TarMember._make, zip(*columns))), stop
