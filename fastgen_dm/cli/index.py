@@ -41,9 +41,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("datatags", nargs="+", metavar="DATATAG", help="'WDS:<folder or URL of .tar shards>'")
     parser.add_argument("--threads", type=int, default=16, help="remote shards read at once (default: 16)")
-    parser.add_argument(
-        "--processes", type=int, default=1, help="processes parsing local shards (default: 1; more pay off on idle cores)"
-    )
+    parser.add_argument("--processes", type=int, default=None, help="processes parsing local shards (default: one per core)")
     parser.add_argument("--storage-options", type=json.loads, default={}, help="fsspec options as JSON (endpoint, credentials)")
     args = parser.parse_args(argv)
     try:

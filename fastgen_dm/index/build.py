@@ -91,9 +91,9 @@ def index_shards(
         partial_ok: See :func:`index_shard`; otherwise the first damaged shard raises.
         block_bytes: See :func:`index_shard`.
         num_processes: Worker processes (forked) for local shards: parsing headers is CPU work
-            that threads cannot share. None uses every core. The default, 1, indexes them in this
-            process: on a busy 2-core machine that was the faster (``benchmarks/bench_index.py``),
-            and it forks nothing inside a training process.
+            that threads cannot share. None uses every core (1.5x on 2 idle cores, but slower when
+            other jobs hold them; ``benchmarks/bench_index.py``). The default, 1, indexes them in
+            this process, so ``prepare_data`` forks nothing inside a training process.
 
     Raises:
         ShardReadError: A damaged shard (unless ``partial_ok``).
