@@ -7,16 +7,19 @@ import json
 import posixpath
 
 from fastgen_dm.index.datatags import INDEX_NAME
-from fastgen_dm.index.wds import index_shards, load_index, save_index
+from fastgen_dm.index.build import index_shards
+from fastgen_dm.index.store import load_index, save_index
 from fastgen_dm.storage import exists, list_shards, open_url, parse_datatag
 
 
-def _index_location(tag: str, threads: int, storage_options: dict) -> None:
+def _index_location(tag: str, threads: int, processes: int | None, storage_options: dict) -> None:
     location = parse_datatag(tag)
     files = list_shards(location, storage_options, tag)
     path = f"{location}/{INDEX_NAME}"
     previous = load_index(path, storage_options) if exists(path, storage_options) else None
-    shards = index_shards([f.url for f in files], storage_options, num_threads=threads, previous=previous, partial_ok=True)
+    shards = index_shards(
+        [f.url for f in files], storage_options, num_threads=threads, previous=previous, partial_ok=True, num_processes=processes
+    )
     for shard in shards:
         if shard.truncated_at is not None:
             print(f"warning: {shard.url} is damaged at byte {shard.truncated_at}; indexed its {shard.count} samples before that")
@@ -37,12 +40,13 @@ def main(argv: list[str]) -> int:
         epilog="Example: fastgen index 'WDS:s3://bucket/latents' --storage-options '{\"anon\": false}'",
     )
     parser.add_argument("datatags", nargs="+", metavar="DATATAG", help="'WDS:<folder or URL of .tar shards>'")
-    parser.add_argument("--threads", type=int, default=16, help="shards read at once (default: 16)")
+    parser.add_argument("--threads", type=int, default=16, help="remote shards read at once (default: 16)")
+    parser.add_argument("--processes", type=int, default=None, help="processes parsing local shards (default: one per core)")
     parser.add_argument("--storage-options", type=json.loads, default={}, help="fsspec options as JSON (endpoint, credentials)")
     args = parser.parse_args(argv)
     try:
         for tag in args.datatags:
-            _index_location(tag, args.threads, args.storage_options)
+            _index_location(tag, args.threads, args.processes, args.storage_options)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"fastgen index: error: {err}\n")
     return 0

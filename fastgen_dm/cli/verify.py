@@ -154,15 +154,16 @@ def merge_bad(recorded: Iterable[Mapping[str, str]], skip_files: Mapping[str, se
 
 def walk_keys(url: str, storage_options: Mapping[str, Any] | None) -> tuple[list[str], Exception | None]:
     """The sample keys whose headers are readable, in order, and the damage that stopped the walk."""
-    from fastgen_dm.index.wds import INDEX_BLOCK_BYTES, BlockReader, RangeSource, ShardReadError, split_name, walk_members
+    from fastgen_dm.format.tar import INDEX_BLOCK_BYTES, ShardReadError, sample_members, scan_members
+    from fastgen_dm.storage import BlockReader, RangeSource
 
     keys: list[str] = []
     with RangeSource(url, storage_options) as source:
         try:
-            for member in walk_members(BlockReader(source, INDEX_BLOCK_BYTES), url, source.size, warn_missing_end=False):
-                parts = split_name(member.name) if member.regular else None
-                if parts is not None and (not keys or keys[-1] != parts[0]):
-                    keys.append(parts[0])
+            walk = scan_members(BlockReader(source, INDEX_BLOCK_BYTES), url, source.size, warn_missing_end=False)
+            for key, _, _ in sample_members(walk):
+                if not keys or keys[-1] != key:
+                    keys.append(key)
         except ShardReadError as err:
             return keys, err
     return keys, None

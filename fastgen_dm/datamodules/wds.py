@@ -18,7 +18,8 @@ from fastgen_dm.index.datatags import (
     local_datatags_without_index,
     resolve_datatags,
 )
-from fastgen_dm.index.wds import index_shards, save_index
+from fastgen_dm.index.build import index_shards
+from fastgen_dm.index.store import save_index
 from fastgen_dm.plan import Cursor, SamplePlan, ShardOrder, TailPolicy, worker_batch_ids
 from fastgen_dm.read import BadDataPolicy, keep_stepping
 from fastgen_dm.read.tar import iter_shard

@@ -1,7 +1,7 @@
 """What a list of datatags holds: the shards, their sample counts and byte offsets, minus ignored samples.
 
 Counts come, per shard, from the offset index (written by ``fastgen index`` into the location as
-``fastgen_index.json``, or by ``prepare_data`` into ``index_dir`` for local data), else from a
+``fastgen_index.fgi``, or by ``prepare_data`` into ``index_dir`` for local data), else from a
 ``shard_count_file``. Offsets let readers fetch exactly their samples' bytes; without them a
 reader finds offsets by walking the shard's member headers when it first opens it.
 """
@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from fastgen_dm.index.wds import ShardIndex, load_index
+from fastgen_dm.index.shard_index import ShardIndex
+from fastgen_dm.index.store import load_index
 from fastgen_dm.storage import (
     ShardFile,
     exists,
@@ -32,7 +31,8 @@ from fastgen_dm.storage import (
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "fastgen_index.json"
+INDEX_NAME = "fastgen_index.fgi"
+LEGACY_INDEX_NAME = "fastgen_index.json"  # found only to say that it must be rebuilt
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Shard:
 def local_index_path(index_dir: str, location: str) -> str:
     """Where ``prepare_data`` keeps the index of a local location."""
     digest = hashlib.sha1(location.encode()).hexdigest()[:16]
-    return str(Path(index_dir) / f"{digest}.json")
+    return str(Path(index_dir) / f"{digest}.fgi")
 
 
 def load_ignore_index(paths: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> dict[str, frozenset[str]]:
@@ -95,18 +95,18 @@ def _load_counts(path: str, storage_options: Mapping[str, Any] | None) -> dict[s
     return table
 
 
-def _without(index: ShardIndex, ignored: frozenset[str]) -> ShardIndex:
-    if not ignored:
-        return index
-    keep = np.array([k not in ignored for k in index.keys], dtype=bool)
-    return ShardIndex(index.url, index.size, tuple(k for k, m in zip(index.keys, keep) if m), index.starts[keep], index.ends[keep])
+def _find_index(
+    location: str, index_dir: str | None, storage_options: Mapping[str, Any] | None, legacy: bool = True
+) -> dict[str, ShardIndex]:
+    """The location's index keyed by shard file name ({} when there is none).
 
-
-def _find_index(location: str, index_dir: str | None, storage_options: Mapping[str, Any] | None) -> dict[str, ShardIndex]:
-    """The location's index keyed by shard file name ({} when there is none)."""
+    With ``legacy``, an old JSON index left alone in the location raises (load_index says to rebuild it).
+    """
     candidates = [f"{location}/{INDEX_NAME}"]
     if index_dir is not None and is_local(location):
         candidates.append(local_index_path(index_dir, location))
+    if legacy:
+        candidates.append(f"{location}/{LEGACY_INDEX_NAME}")
     for path in candidates:
         if exists(path, storage_options):
             return {posixpath.basename(url): idx for url, idx in load_index(path, storage_options).items()}
@@ -145,7 +145,7 @@ def resolve_datatag(
         ignored = ignore.get(file.url, frozenset()) | ignore.get(name, frozenset())
         index = indexed.get(name)
         if index is not None and index.size == file.size:
-            index = _without(ShardIndex(file.url, index.size, index.keys, index.starts, index.ends), ignored)
+            index = ShardIndex(file.url, index.size, index.keys, index.starts, index.ends, validate=False).without(ignored)
             shards.append(Shard(file.url, file.size, index.count, index, ignored))
         elif name in counts:
             shards.append(Shard(file.url, file.size, max(counts[name] - len(ignored), 0), None, ignored))
@@ -191,6 +191,6 @@ def local_datatags_without_index(datatags: Sequence[str], index_dir: str, storag
     missing = []
     for tag in datatags:
         location = parse_datatag(tag)
-        if is_local(location) and not _find_index(location, index_dir, storage_options):
+        if is_local(location) and not _find_index(location, index_dir, storage_options, legacy=False):
             missing.append(tag)
     return missing

@@ -9,63 +9,17 @@ request and nothing more, then splits the bytes into samples with :func:`split_s
         ...  # blob[starts[k] - start : ends[k] - start] is sample k; split_sample(...) it
 
 Without an index (resampled mode, counting samples) :func:`iter_shard` reads a whole shard in
-order. Samples follow webdataset's grouping (:func:`fastgen_dm.index.wds.split_name`).
+order. Samples follow webdataset's grouping (:func:`fastgen_dm.format.tar.sample_members`).
 """
 
 from __future__ import annotations
 
-import io
 from typing import Any, Iterator, Mapping, Sequence
 
-from fastgen_dm.index.wds import (
-    STREAM_BLOCK_BYTES,
-    BlockReader,
-    ByteCounter,
-    RangeSource,
-    ShardReadError,
-    split_name,
-    walk_members,
-)
+from fastgen_dm.format.tar import STREAM_BLOCK_BYTES, ShardReadError, sample_members, split_sample, walk_members
+from fastgen_dm.storage import BlockReader, ByteCounter, RangeSource
 
 __all__ = ["ByteCounter", "ShardReadError", "iter_shard", "read_runs", "split_sample"]
-
-
-def split_sample(blob: bytes, url: str, offset: int) -> tuple[str, dict[str, bytes]]:
-    """The key and members of the one sample whose bytes are ``blob``.
-
-    Args:
-        blob: Bytes ``[starts[i], ends[i])`` of a shard, as read: the sample's member headers
-            and data (members webdataset ignores, such as directories, may be among them).
-        url: The shard, for errors.
-        offset: Where ``blob`` starts in the shard, for errors.
-
-    Returns:
-        ``(key, {suffix: data})``, e.g. ``("a/000001", {"latent.pth": b"...", "json": b"..."})``.
-
-    Raises:
-        ShardReadError: A bad or cut header, data running past the blob, no member, members of
-            several keys, or a suffix twice (webdataset refuses that too).
-    """
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    view = memoryview(blob)
-    for member in walk_members(io.BytesIO(blob), url, len(blob), base_offset=offset, warn_missing_end=False):
-        parts = split_name(member.name) if member.regular else None
-        if parts is None:
-            continue
-        if key is None:
-            key = parts[0]
-        elif parts[0] != key:
-            raise ShardReadError(
-                url, offset + member.header_offset,
-                f"member {member.name!r} has key {parts[0]!r} inside the byte range of sample {key!r}; is the index stale?",
-            )
-        if parts[1] in members:
-            raise ShardReadError(url, offset + member.header_offset, f"sample {key!r} has suffix {parts[1]!r} twice")
-        members[parts[1]] = bytes(view[member.data_offset : member.data_offset + member.size])
-    if key is None:
-        raise ShardReadError(url, offset, f"no sample member in the {len(blob)} bytes read; is the index stale?")
-    return key, members
 
 
 def _validate_runs(url: str, runs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -171,23 +125,20 @@ def iter_shard(
         members: dict[str, bytes] = {}
         bad: ShardReadError | None = None
         try:
-            for member in walk_members(f, url, source.size):
-                parts = split_name(member.name) if member.regular else None
-                if parts is None:
-                    continue
-                if key is not None and parts[0] != key:
+            for member_key, suffix, member in sample_members(walk_members(f, url, source.size)):
+                if key is not None and member_key != key:
                     yield key, bad or members
                     members, bad = {}, None
-                key = parts[0]
+                key = member_key
                 f.seek(member.data_offset)
                 data = f.read(member.size)
                 if len(data) != member.size:
                     raise ShardReadError(
                         url, member.header_offset, f"member {member.name!r} has {len(data)} of its {member.size} bytes: truncated"
                     )
-                if parts[1] in members:
-                    bad = ShardReadError(url, member.header_offset, f"sample {key!r} has suffix {parts[1]!r} twice")
-                members[parts[1]] = data
+                if suffix in members:
+                    bad = ShardReadError(url, member.header_offset, f"sample {key!r} has suffix {suffix!r} twice")
+                members[suffix] = data
         except ShardReadError as err:
             yield (key if key is not None else "?"), err
             return

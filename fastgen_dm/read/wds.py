@@ -25,7 +25,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from fastgen_dm.index.datatags import Shard
-from fastgen_dm.index.wds import ShardIndex, ShardReadError, index_shard, load_index, save_index
+from fastgen_dm.format.tar import ShardReadError
+from fastgen_dm.index.build import index_shard
+from fastgen_dm.index.shard_index import ShardIndex
+from fastgen_dm.index.store import load_index, save_index
 from fastgen_dm.plan import sample_runs
 from fastgen_dm.read.tar import ByteCounter, split_sample
 from fastgen_dm.storage import StorageReadError, is_local, resolve_fs

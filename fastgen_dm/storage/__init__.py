@@ -1,4 +1,4 @@
-"""Storage layer: bytes by URL through fsspec (local paths, ``file://``, ``s3://``, ``gs://``, ...)."""
+"""Storage layer: bytes by URL through fsspec (local paths, ``file://``, ``s3://``, ``gs://``, ...), and exact byte ranges of them."""
 
 from fastgen_dm.storage.bounded import (
     DEFAULT_MAX_MEMBER_BYTES,
@@ -8,6 +8,7 @@ from fastgen_dm.storage.bounded import (
     read_zip_member,
 )
 from fastgen_dm.storage.fs import S3_CONFIG_DEFAULTS, S3_RETRIES, StorageReadError, exists, fetch_once, is_local, open_url, resolve_fs
+from fastgen_dm.storage.ranges import BlockReader, ByteCounter, RangeSource
 from fastgen_dm.storage.shards import (
     DATATAG_PREFIX,
     ShardFile,
@@ -26,6 +27,9 @@ __all__ = [
     "DATATAG_PREFIX",
     "DEFAULT_MAX_MEMBER_BYTES",
     "REDACTED",
+    "BlockReader",
+    "ByteCounter",
+    "RangeSource",
     "ShardFile",
     "UnsafeMemberError",
     "check_max_member_bytes",

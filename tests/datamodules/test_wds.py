@@ -78,7 +78,7 @@ def test_each_sample_byte_range_is_read_once_and_nothing_else(latent_shards, tmp
 
 def test_prepare_data_indexes_local_shards_and_a_count_file_alone_also_works(latent_shards, tmp_path):
     indexed = make(latent_shards, tmp_path)
-    assert list((tmp_path / "index").glob("*.json"))
+    assert list((tmp_path / "index").glob("*.fgi"))
     assert all(s.index is not None for s in indexed.train_stream.source.shards)
     counted = ImageLatentDataModule(
         [f"WDS:{latent_shards}"], batch_size=16, num_workers=0, shard_count_file="shard_counts.json", index_dir=str(tmp_path / "none")
@@ -237,6 +237,18 @@ def test_remote_data_without_counts_says_how_to_index(latent_shards, tmp_path, m
     monkeypatch.setattr("fastgen_dm.index.datatags.is_local", lambda url: False)
     with pytest.raises(ValueError, match=re.escape(f"build the index with `fastgen index 'WDS:file://{latent_shards}'`")):
         dm.setup("fit")
+
+
+def test_an_old_json_index_says_to_rebuild_it(tmp_path):
+    folder = tmp_path / "old"
+    write_demo_shards(folder, "image_latent", num_samples=20, samples_per_shard=10)
+    (folder / "fastgen_index.json").write_text('{"format": "fastgen-wds-index", "version": 1, "shards": {}}')
+    dm = ImageLatentDataModule([f"WDS:{folder}"], batch_size=4, num_workers=0, index_dir=str(tmp_path / "i"))
+    with pytest.raises(ValueError, match=re.escape(f"{folder}/fastgen_index.json is a JSON shard index of an older fastgen-dm; rebuild it with `fastgen index`")):
+        dm.setup("fit")
+    dm.prepare_data()  # local data: prepare_data builds a new index instead, which then wins
+    dm.setup("fit")
+    assert sum(s.count for s in dm.train_stream.source.shards) == 20
 
 
 def test_a_sample_of_the_wrong_dtype_is_bad_data_not_a_collate_error(tmp_path):

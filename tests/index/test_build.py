@@ -1,10 +1,8 @@
-"""fastgen_dm.index.wds: sample keys and byte ranges of tar shards, and the index file."""
+"""fastgen_dm.index.build: sample keys and byte ranges of tar shards, found by walking their headers."""
 
 import gzip
-import json
 import logging
 import os
-import pickle
 import re
 import tarfile
 import uuid
@@ -12,23 +10,14 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
-import webdataset
 from fsspec.implementations.memory import MemoryFileSystem
 
 from helpers import latent_samples, webdataset_samples, write_tar, write_wds
 
-from fastgen_dm.index import wds
-from fastgen_dm.index.wds import (
-    ByteCounter,
-    ShardIndex,
-    ShardReadError,
-    index_shard,
-    index_shards,
-    load_index,
-    save_index,
-    split_name,
-)
-from fastgen_dm.read.tar import split_sample
+from fastgen_dm.format.tar import ShardReadError, split_sample
+from fastgen_dm.index import build
+from fastgen_dm.index.build import index_shard, index_shards
+from fastgen_dm.storage import ByteCounter
 
 
 def samples_by_offsets(index):
@@ -64,34 +53,6 @@ def write_tricky(path):
         info.linkname = "000003.jpg"
         tf.addfile(info)
     return path
-
-
-@pytest.mark.parametrize(
-    "name, expected",
-    [
-        ("a/b/000001.latent.pth", ("a/b/000001", "latent.pth")),
-        ("000001.JSON", ("000001", "json")),
-        ("x.y/z/000001.tar.gz", ("x.y/z/000001", "tar.gz")),
-        ("a/b.", ("a/b", "")),
-        ("README", None),
-        ("x.y/README", None),
-        ("__key__", None),
-        ("__meta__/x.txt", None),
-        (".hidden.txt", None),
-        ("dir/._000001.jpg", None),
-    ],
-)
-def test_split_name(name, expected):
-    assert split_name(name) == expected
-
-
-def test_split_name_matches_webdataset_except_hidden():
-    names = [n for n, _ in TRICKY_MEMBERS] + ["a/b/c.d.e", "a.b/c", "/abs/000.x", "k.x/y"]
-    for name in names:
-        base, ext = webdataset.tariterators.base_plus_ext(name)
-        meta = re.match(r"__[^/]*__($|/)", name) or ("/" not in name and name.startswith("__") and name.endswith("__"))
-        expected = None if base is None or meta else (base, ext.lower())
-        assert split_name(name) == expected, name
 
 
 @pytest.mark.parametrize("kind", ["latents", "tricky"])
@@ -208,16 +169,6 @@ def test_empty_tar(tmp_path):
 # --- damaged shards ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def intact(tmp_path):
-    """A ustar shard of 6 samples with two members each, and its index."""
-    members = []
-    for k in range(6):
-        members += [(f"{k:06d}.jpg", bytes([k]) * 1500), (f"{k:06d}.json", b"{}")]
-    url = write_tar(tmp_path / "intact.tar", members)
-    return url, index_shard(url)
-
-
 def cut(src, dest, length):
     with open(src, "rb") as f:
         data = f.read(length)
@@ -267,7 +218,7 @@ def test_corrupt_header_in_the_middle(tmp_path, intact):
 def test_cut_at_member_boundary_is_read_with_a_warning(tmp_path, intact, caplog):
     url, full = intact
     bad = cut(url, tmp_path / "bad.tar", int(full.starts[4]))
-    with caplog.at_level(logging.WARNING, logger="fastgen_dm.index.wds"):
+    with caplog.at_level(logging.WARNING, logger="fastgen_dm.format.tar"):
         index = index_shard(bad)
     assert index.keys == full.keys[:4] and index.truncated_at is None
     assert "ends without the tar end-of-archive blocks" in caplog.text and bad in caplog.text
@@ -298,125 +249,6 @@ def test_compressed_tar_is_refused_with_a_hint(tmp_path, intact):
         index_shard(str(path))
 
 
-def test_shard_read_error_pickles():
-    err = pickle.loads(pickle.dumps(ShardReadError("s3://b/0.tar", 1024, "truncated")))
-    assert (err.url, err.offset, str(err)) == ("s3://b/0.tar", 1024, "s3://b/0.tar: truncated (at byte 1024)")
-    assert isinstance(err, ValueError)
-
-
-# --- ShardIndex -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "keys, starts, ends, size, message",
-    [
-        (("a",), [0, 1], [1, 2], 10, "index has 1 keys but starts of shape (2,) and ends of shape (2,)"),
-        (("a", "b"), [0, 5], [5, 5], 10, "inconsistent shard index: sample 1 ends (5) at or before it starts (5)"),
-        (("a", "b"), [0, 4], [5, 9], 10, "inconsistent shard index: sample 1 starts (4) before sample 0 ends"),
-        (("a",), [0], [12], 10, "inconsistent shard index: the last sample ends at 12, past the shard size 10"),
-        (("a",), [-1], [2], 10, "inconsistent shard index: starts[0]=-1 is negative"),
-    ],
-)
-def test_shard_index_is_validated(keys, starts, ends, size, message):
-    with pytest.raises(ValueError, match=re.escape(f"s.tar: {message}")):
-        ShardIndex("s.tar", size, keys, starts, ends)
-
-
-def test_shard_index_arrays_are_read_only_copies():
-    starts = [0, 512]
-    index = ShardIndex("s.tar", 2048, ["a", "b"], starts, np.array([512, 1024]))
-    assert index.keys == ("a", "b")
-    with pytest.raises(ValueError):
-        index.starts[0] = 3
-    assert index.byte_range(1, 2) == (512, 1024)
-    with pytest.raises(ValueError, match=re.escape("s.tar: sample range [1, 3) is not within the shard's 2 samples")):
-        index.byte_range(1, 3)
-
-
-# --- the index file ---------------------------------------------------------------------------
-
-
-def assert_same(a, b):
-    assert (a.url, a.size, a.keys, a.truncated_at) == (b.url, b.size, b.keys, b.truncated_at)
-    np.testing.assert_array_equal(a.starts, b.starts)
-    np.testing.assert_array_equal(a.ends, b.ends)
-    assert b.starts.dtype == np.int64 and b.ends.dtype == np.int64
-
-
-def test_save_load_round_trip(tmp_path, intact):
-    url, full = intact
-    other = index_shard(write_wds(tmp_path / "other.tar", latent_samples(7)))
-    partial = ShardIndex("s3://b/t/00000.tar", 9000, ("k",), [0], [1024], truncated_at=1024)
-    path = str(tmp_path / "idx" / "fastgen_index.json")
-    save_index(path, [full, other, partial])
-    loaded = load_index(path)
-    assert list(loaded) == [url, other.url, partial.url]
-    for shard in (full, other, partial):
-        assert_same(shard, loaded[shard.url])
-    doc = json.loads(open(path).read())
-    assert doc["format"] == "fastgen-wds-index" and doc["version"] == 1
-    assert doc["shards"][url] == {"size": full.size, "keys": list(full.keys), "starts": full.starts.tolist(), "ends": full.ends.tolist()}
-    assert sorted(os.listdir(tmp_path / "idx")) == ["fastgen_index.json"]
-    assert load_index(f"file://{path}").keys() == loaded.keys()
-
-
-def test_save_index_through_fsspec(intact):
-    _, full = intact
-    save_index("memory://fastgen-test/idx.json", [full])
-    assert_same(full, load_index("memory://fastgen-test/idx.json")[full.url])
-
-
-def test_save_index_is_atomic(tmp_path, intact, monkeypatch):
-    _, full = intact
-    path = tmp_path / "index.json"
-    path.write_text("previous")
-
-    def failing_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(wds.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        save_index(str(path), [full])
-    assert path.read_text() == "previous"
-    assert sorted(os.listdir(tmp_path)) == ["index.json", "intact.tar"]  # no temporary file left behind
-
-
-def test_save_index_refuses_a_url_twice(tmp_path, intact):
-    _, full = intact
-    with pytest.raises(ValueError, match=re.escape(f"shard {full.url!r} appears twice")):
-        save_index(str(tmp_path / "i.json"), [full, full])
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("not json", "is not a fastgen shard index: not JSON"),
-        ('{"format": "other", "version": 1, "shards": {}}', "is not a fastgen shard index: format is 'other', expected 'fastgen-wds-index'"),
-        ("[1, 2]", "is not a fastgen shard index: format is 'list'"),
-        ('{"format": "fastgen-wds-index", "version": 7, "shards": {}}', "shard index version 7 is not supported (supported: 1)"),
-        ('{"format": "fastgen-wds-index", "version": 1, "shards": []}', "'shards' must be an object"),
-        (
-            '{"format": "fastgen-wds-index", "version": 1, "shards": {"a.tar": {"size": 10, "keys": ["k"], "starts": [0]}}}',
-            "bad entry for shard 'a.tar': KeyError: 'ends'",
-        ),
-        (
-            '{"format": "fastgen-wds-index", "version": 1, "shards": {"a.tar": {"size": 10, "keys": ["k"], "starts": [0], "ends": [20]}}}',
-            "bad entry for shard 'a.tar': ValueError: a.tar: inconsistent shard index: the last sample ends at 20",
-        ),
-    ],
-)
-def test_load_index_errors_name_the_file(tmp_path, content, message):
-    path = tmp_path / "fastgen_index.json"
-    path.write_text(content)
-    with pytest.raises(ValueError, match=re.escape(f"{path}") + ".*" + re.escape(message)):
-        load_index(str(path))
-
-
-def test_load_index_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        load_index(str(tmp_path / "nope.json"))
-
-
 # --- many shards ------------------------------------------------------------------------------
 
 
@@ -427,14 +259,44 @@ def test_index_shards_keeps_order_and_reuses_unchanged(tmp_path, monkeypatch):
     assert [s.count for s in first] == [3, 4, 5, 6, 7]
 
     calls = []
-    real = wds.index_shard
-    monkeypatch.setattr(wds, "index_shard", lambda url, *a, **kw: calls.append(url) or real(url, *a, **kw))
+    real = build.index_shard
+    monkeypatch.setattr(build, "index_shard", lambda url, *a, **kw: calls.append(url) or real(url, *a, **kw))
     write_wds(urls[2], latent_samples(9, seed=99))  # rewritten: another size
     previous = {s.url: s for s in first}
-    again = index_shards(urls, num_threads=2, show_progress=False, previous=previous)
+    again = index_shards(urls, num_threads=2, show_progress=False, previous=previous, num_processes=1)  # in process: the spy sees the calls
     assert calls == [urls[2]]
     assert [s.count for s in again] == [3, 4, 9, 6, 7]
     assert all(again[k] is first[k] for k in (0, 1, 3, 4))
+
+
+def test_index_shards_reuses_unchanged_remote_shards(tmp_path):
+    root = f"memory://fastgen-test-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    urls = [f"{root}/{k:05d}.tar" for k in range(3)]
+    for k, url in enumerate(urls):
+        fs.pipe_file(url, open(write_wds(tmp_path / f"{k}.tar", latent_samples(3 + k, seed=k)), "rb").read())
+    try:
+        first = index_shards(urls, show_progress=False)
+        fs.pipe_file(urls[1], open(write_wds(tmp_path / "new.tar", latent_samples(9, seed=9)), "rb").read())
+        again = index_shards(urls, show_progress=False, previous={s.url: s for s in first})
+    finally:
+        fs.rm(root, recursive=True)
+    assert again[0] is first[0] and again[2] is first[2]
+    assert again[1] is not first[1] and again[1].count == 9
+
+
+def test_index_shards_in_processes_gives_the_same_indexes(tmp_path, intact):
+    url, full = intact
+    urls = [url] + [write_wds(tmp_path / f"{k:05d}.tar", latent_samples(3 + k, seed=k)) for k in range(3)]
+    alone = index_shards(urls, show_progress=False)
+    forked = index_shards(urls, show_progress=False, num_processes=2)
+    assert [s.url for s in forked] == urls
+    for a, b in zip(alone, forked):
+        assert (a.keys, a.size) == (b.keys, b.size)
+        np.testing.assert_array_equal(a.ends, b.ends)
+    bad = cut(url, tmp_path / "bad.tar", int(full.starts[2]) + 600)
+    with pytest.raises(ShardReadError, match=re.escape(bad)):  # the error crosses the process boundary
+        index_shards([*urls, bad], show_progress=False, num_processes=2)
 
 
 def test_index_shards_raises_on_a_damaged_shard(tmp_path, intact):
@@ -446,7 +308,14 @@ def test_index_shards_raises_on_a_damaged_shard(tmp_path, intact):
     assert [s.count for s in both] == [6, 2] and both[1].truncated_at == full.starts[2]
 
 
-@pytest.mark.parametrize("urls, threads, message", [(["a", "a"], 2, "urls lists ['a'] more than once"), (["a"], 0, "num_threads must be >= 1, got 0")])
-def test_index_shards_arguments(urls, threads, message):
+@pytest.mark.parametrize(
+    "urls, threads, processes, message",
+    [
+        (["a", "a"], 2, 1, "urls lists ['a'] more than once"),
+        (["a"], 0, 1, "num_threads must be >= 1, got 0"),
+        (["a"], 2, 0, "num_processes must be >= 1 (or None for every core), got 0"),
+    ],
+)
+def test_index_shards_arguments(urls, threads, processes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        index_shards(urls, num_threads=threads, show_progress=False)
+        index_shards(urls, num_threads=threads, show_progress=False, num_processes=processes)

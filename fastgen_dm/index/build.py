@@ -1,0 +1,187 @@
+"""Build shard indexes: walk each shard's member headers, seeking over the data.
+
+Indexing a shard of 1 MB members reads a few percent of it; a shard of small members is read
+whole, a few MiB per request, its headers parsed a buffer at a time
+(:func:`fastgen_dm.format.tar.scan_members`). Many shards are indexed in parallel: threads for
+object stores (the work is waiting), optionally processes for local files (the work is parsing).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from typing import Any, Mapping, Sequence
+
+from fastgen_dm.format.tar import INDEX_BLOCK_BYTES, ShardReadError, sample_members, scan_members
+from fastgen_dm.index.shard_index import KeyList, ShardIndex
+from fastgen_dm.storage import BlockReader, ByteCounter, RangeSource, is_local, resolve_fs
+
+logger = logging.getLogger(__name__)
+
+
+def index_shard(
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    partial_ok: bool = False,
+    counter: ByteCounter | None = None,
+    block_bytes: int = INDEX_BLOCK_BYTES,
+) -> ShardIndex:
+    """Keys and byte ranges of the samples of one shard, reading its headers only.
+
+    Args:
+        url: Shard path, ``file://`` or fsspec URL; kept as given in the result.
+        storage_options: fsspec options for remote URLs.
+        partial_ok: On a truncated or corrupt shard, return the samples before the damage
+            (without the last one, which may have lost members) and set ``truncated_at``,
+            instead of raising.
+        counter: Adds the bytes fetched (e.g. to compare with the shard size).
+        block_bytes: Bytes fetched per request at least. A large member costs one request of
+            this size, so a shard of 1 MB members is indexed reading about 3% of it; small
+            members share requests, which grow up to a few MiB while headers lie densely.
+
+    Raises:
+        ShardReadError: The shard is empty, not a tar, compressed, truncated or corrupt (unless
+            ``partial_ok``).
+    """
+    keys: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    with RangeSource(url, storage_options, counter) as source:
+        size = source.size
+        try:
+            for key, _, member in sample_members(scan_members(BlockReader(source, block_bytes), url, size, read_bytes=block_bytes)):
+                if not keys or key != keys[-1]:
+                    keys.append(key)
+                    starts.append(member.header_offset)
+                    ends.append(member.next_offset)
+                else:
+                    ends[-1] = member.next_offset
+        except ShardReadError as err:
+            if not partial_ok:
+                raise
+            # The sample in progress may have had more members after the damage: drop it.
+            logger.warning("%s; indexing the %d complete samples before it", err, max(len(keys) - 1, 0))
+            return ShardIndex(url, size, KeyList.from_strings(keys[:-1]), starts[:-1], ends[:-1], truncated_at=err.offset)
+    return ShardIndex(url, size, KeyList.from_strings(keys), starts, ends)
+
+
+def index_shards(
+    urls: Sequence[str],
+    storage_options: Mapping[str, Any] | None = None,
+    num_threads: int = 8,
+    show_progress: bool = True,
+    previous: Mapping[str, ShardIndex] | None = None,
+    partial_ok: bool = False,
+    block_bytes: int = INDEX_BLOCK_BYTES,
+    *,
+    num_processes: int | None = 1,
+) -> list[ShardIndex]:
+    """Index many shards in parallel, in input order.
+
+    Args:
+        urls: Shard URLs; each appears once.
+        storage_options: fsspec options for remote URLs.
+        num_threads: Remote shards indexed at once (threads: the work is waiting on storage).
+        show_progress: Show a tqdm bar.
+        previous: An earlier index (e.g. from :func:`fastgen_dm.index.load_index`): a shard
+            found there with an unchanged size is reused without reading it (one stat or HEAD
+            request).
+        partial_ok: See :func:`index_shard`; otherwise the first damaged shard raises.
+        block_bytes: See :func:`index_shard`.
+        num_processes: Worker processes (forked) for local shards: parsing headers is CPU work
+            that threads cannot share. None uses every core (1.5x on 2 idle cores, but slower when
+            other jobs hold them; ``benchmarks/bench_index.py``). The default, 1, indexes them in
+            this process, so ``prepare_data`` forks nothing inside a training process.
+
+    Raises:
+        ShardReadError: A damaged shard (unless ``partial_ok``).
+        ValueError: ``num_threads`` or ``num_processes`` below 1, or a URL listed twice.
+    """
+    from tqdm.auto import tqdm
+
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1 (or None for every core), got {num_processes}")
+    urls = list(urls)
+    if len(set(urls)) != len(urls):
+        twice = sorted({u for u in urls if urls.count(u) > 1})
+        raise ValueError(f"urls lists {twice[:3]} more than once; each shard must appear once")
+    previous = previous or {}
+    results: list[ShardIndex | None] = [None] * len(urls)
+    local: list[int] = []
+    remote: list[int] = []
+    for k, url in enumerate(urls):
+        if not is_local(url):
+            remote.append(k)  # its size is a HEAD request: checked in the threads, alongside the indexing
+        elif _unchanged(url, previous.get(url), storage_options, partial_ok):
+            results[k] = previous[url]
+        else:
+            local.append(k)
+    processes = min(num_processes or os.cpu_count() or 1, len(local))
+    jobs: list[tuple[Executor, list[int]]] = []
+    with tqdm(total=len(urls), unit="shard", desc="index shards", disable=not show_progress) as bar:
+        bar.update(len(urls) - len(local) - len(remote))
+        if remote:
+            jobs.append((ThreadPoolExecutor(max_workers=num_threads), remote))
+        if local:
+            # fork: a spawned worker would import the whole package (torch, lightning) first.
+            pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) if processes > 1 else ThreadPoolExecutor(1)
+            jobs.append((pool, local))
+        _run(jobs, urls, previous, storage_options, partial_ok, block_bytes, results, bar)
+    reused = sum(previous.get(url) is r for url, r in zip(urls, results))
+    logger.info("indexed %d shards (%d reused unchanged)", len(urls), reused)
+    return [r for r in results if r is not None]
+
+
+def _unchanged(url: str, old: ShardIndex | None, storage_options: Mapping[str, Any] | None, partial_ok: bool) -> bool:
+    """Whether ``old`` still describes the shard: same size (and not partial, unless partial indexes are fine)."""
+    if old is None or (old.truncated_at is not None and not partial_ok):
+        return False
+    fs, path = resolve_fs(url, storage_options)
+    return int(fs.size(path)) == old.size
+
+
+def _index_unless_unchanged(
+    url: str, old: ShardIndex | None, storage_options: Mapping[str, Any] | None, partial_ok: bool, block_bytes: int
+) -> ShardIndex:
+    """``old`` when the shard is unchanged (None: index it anyway), else a fresh index."""
+    if _unchanged(url, old, storage_options, partial_ok):
+        assert old is not None
+        return old
+    return index_shard(url, storage_options, partial_ok, None, block_bytes)
+
+
+def _run(
+    jobs: list[tuple[Executor, list[int]]],
+    urls: list[str],
+    previous: Mapping[str, ShardIndex],
+    storage_options: Mapping[str, Any] | None,
+    partial_ok: bool,
+    block_bytes: int,
+    results: list[ShardIndex | None],
+    bar: Any,
+) -> None:
+    """Submit every job to its pool and fill ``results`` as they finish; the first error cancels the rest."""
+    futures: dict[Future, int] = {}
+    options = dict(storage_options) if storage_options else None  # a plain dict pickles to worker processes
+    try:
+        for pool, ks in jobs:
+            for k in ks:
+                old = previous.get(urls[k]) if not is_local(urls[k]) else None  # local ones were checked already
+                futures[pool.submit(_index_unless_unchanged, urls[k], old, options, partial_ok, block_bytes)] = k
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()
+                results[futures[future]] = future.result()
+                bar.update(1)
+    finally:
+        for pool, _ in jobs:
+            pool.shutdown(wait=True, cancel_futures=True)
