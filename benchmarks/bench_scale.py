@@ -211,6 +211,10 @@ def run_one(spec: dict[str, Any], timeout_s: float, memory_limit: int) -> dict[s
             os.killpg(proc.pid, signal.SIGKILL)
             break
     proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # workers left behind by the child's os._exit
+    except ProcessLookupError:
+        pass
     rest = proc.stdout.read()
     for line in (buffer + rest).splitlines():
         record = json.loads(line)
