@@ -275,7 +275,7 @@ def main() -> None:
         base = write_base_tar(root / f"base-{args.per_shard}.tar", args.per_shard)
         print(f"data:    {base} ({base.stat().st_size / MB:.1f} MB)")
         header = (
-            f"   {'samples':>13} {'workers':>7} {'start':>6}  {'status':<34} {'prepare s':>9} {'setup s':>8} "
+            f"   {'samples':>13} {'workers':>7} {'start':>6}  {'status':<50} {'prepare s':>9} {'setup s':>8} "
             f"{'loader s':>8} {'first s':>8} {'all wk s':>8} {'import MB':>9} {'main MB':>8} {'worker MB':>9} {'tree MB':>8}"
         )
         print("\n" + header)
@@ -312,7 +312,7 @@ def print_row(r: dict[str, Any]) -> None:
     import_mb = f"{p['start']['main_hwm'] / MB:.0f}" if "start" in p else "-"
     worker_mb = f"{max(end['worker_hwm']) / MB:.0f}" if end.get("worker_hwm") else "-"
     print(
-        f"   {r['samples']:>13,} {r['workers']:>7} {r['start']:>6}  {status:<34} {fmt_s(p, 'constructed', 'prepare_data'):>9} "
+        f"   {r['samples']:>13,} {r['workers']:>7} {r['start']:>6}  {status:<50} {fmt_s(p, 'constructed', 'prepare_data'):>9} "
         f"{fmt_s(p, 'prepare_data', 'setup'):>8} {fmt_s(p, 'setup', 'first_batch'):>8} {fmt_s(p, 'start', 'first_batch'):>8} "
         f"{fmt_s(p, 'start', 'all_workers'):>8} {import_mb:>9} {main_mb:>8} {worker_mb:>9} {r['peak_tree'] / MB:>8.0f}",
         flush=True,
