@@ -33,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import select
 import socket
@@ -296,9 +297,12 @@ class S3Proxy:
 
     # -- control ---------------------------------------------------------------------------
     def add_fault(self, fault: Fault) -> None:
-        """Queue a fault; faults are tried in the order added, the first match applies."""
+        """Queue a fault; faults are tried in the order added, the first match applies.
+
+        The proxy counts down a copy: ``fault`` itself is left as given, to be added again.
+        """
         with self._lock:
-            self._faults.append(fault)
+            self._faults.append(dataclasses.replace(fault))
 
     def clear_faults(self) -> None:
         with self._lock:
