@@ -178,7 +178,7 @@ class WDSStream(PlannedStream):
         src = self.source
         order = self.order_for(plan.epoch)
         steps = worker_batch_ids(plan.rank_num_batches(self.rank), num_workers, worker_id)
-        wanted = (order.locate(plan.batch_positions(self.rank, j)) for j in steps)
+        wanted = (order.locate_batch(plan.batch_positions(self.rank, j)) for j in steps)
         reader = ShardReader(src.storage_options, offsets_dir=src.offsets_dir)
         decoder = src.decoder(self.bad_data_policy(worker_id))
         try:
@@ -276,6 +276,8 @@ class WDSDataModule(PlannedDataModule):
             smaller ones more shards per batch. See docs/performance.md.
         interleave: Shards whose blocks alternate in the epoch's order, so consecutive batches of
             a GPU come from many shards; it costs no request.
+        shuffle_size: FastGen's shuffle buffer, in samples. Blocks are made small enough that a
+            batch mixes at least as many shards as a buffer of this size would.
         prefetch_batches: Batches each reader keeps in flight ahead of the one it decodes.
         shuffle_buffer_bytes: Shuffle buffer of ``resampled`` mode, in bytes.
         sampler_start_idx: Global sample count to start at when no checkpoint is restored.
@@ -337,6 +339,7 @@ class WDSDataModule(PlannedDataModule):
         shuffle: bool = True,
         read_block_bytes: int = 2 << 20,
         interleave: int = 64,
+        shuffle_size: int = 1000,
         prefetch_batches: int = 2,
         shuffle_buffer_bytes: int = 256 << 20,
         sampler_start_idx: int = 0,
@@ -372,6 +375,7 @@ class WDSDataModule(PlannedDataModule):
         self.ignore_index_paths = list(ignore_index_paths or [])
         self.resampled = resampled
         self.read_block_bytes, self.interleave, self.prefetch_batches = read_block_bytes, interleave, prefetch_batches
+        self.shuffle_size = shuffle_size
         self.shuffle_buffer_bytes = shuffle_buffer_bytes
         self.sampler_start_idx = sampler_start_idx
         self.tail = tail
@@ -396,7 +400,7 @@ class WDSDataModule(PlannedDataModule):
         overlap = set(self.files_map) & set(self.spec.key_map) | set(self.presets_map) & set(self.spec.key_map)
         if overlap:
             raise ValueError(f"keys {sorted(overlap)} are both in key_map and in files_map/presets_map; each output key has one source")
-        for name in ("read_block_bytes", "interleave", "shuffle_buffer_bytes"):
+        for name in ("read_block_bytes", "interleave", "shuffle_size", "shuffle_buffer_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.prefetch_batches < 0:
@@ -450,10 +454,15 @@ class WDSDataModule(PlannedDataModule):
         return str(Path(self.index_dir) / "offsets")
 
     def _block(self, shards: Sequence[Shard]) -> int:
-        """Samples per block: ``read_block_bytes`` of average samples, within [1, batch_size // 2]."""
+        """Samples per block: ``read_block_bytes`` of average samples, so few enough that a batch
+        mixes at least as many shards as a ``shuffle_size`` buffer would (and at least two)."""
         samples = sum(s.count for s in shards)
         mean_bytes = max(1, sum(s.size for s in shards) // max(samples, 1))
-        return max(1, min(self.read_block_bytes // mean_bytes, self.batch_size // 2))
+        per_shard = samples / max(len(shards), 1)
+        # A buffer of n samples holds samples from about the last 2n of its stream, so a batch drawn
+        # from it spans about 1 + 2n / per_shard shards.
+        like_buffer = int(self.batch_size * per_shard / (per_shard + 2 * self.shuffle_size))
+        return max(1, min(self.read_block_bytes // mean_bytes, self.batch_size // 2, like_buffer))
 
     def _check_keys(self, shards: Sequence[Shard], probes: int = 3) -> None:
         """Fail early when a ``key_map`` suffix is in none of the first samples of a few shards."""

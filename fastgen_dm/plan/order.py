@@ -109,6 +109,19 @@ class ShardOrder:
             group = self._groups[g] = _Group(shards, counts, round_starts)
         return group
 
+    def locate_batch(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`locate` of one batch's positions, in an order shuffled within the batch.
+
+        A batch is read by whole runs whatever its order, so the shuffle costs nothing; it keeps
+        the neighbours of one block apart for anything that slices a batch (micro-batches,
+        gradient accumulation). It is keyed by ``(seed, epoch, first position)``, so it does not
+        depend on the number of ranks or workers that read the batch.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.shuffle and positions.size > 1:
+            positions = np.random.default_rng([self.seed, self.epoch, int(positions[0])]).permutation(positions)
+        return self.locate(positions)
+
     def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(shard, sample within the shard)`` of each position in ``[0, num_samples)``, both int64."""
         positions = np.asarray(positions, dtype=np.int64)

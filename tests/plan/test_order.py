@@ -141,3 +141,13 @@ def test_a_batch_reads_each_block_it_touches_as_one_run(order, batch, data):
         assert (shard[at] == s).all() and np.array_equal(np.diff(local[at]), np.ones(at.size - 1, np.int64))
     block = order.block if order.shuffle else max(order.counts)
     assert len(runs) <= len({(int(s), int(i) // block) for s, i in zip(shard, local)})
+
+
+@settings(max_examples=100, deadline=None)
+@given(order=orders, batch=st.integers(1, 64), data=st.data())
+def test_a_shuffled_batch_holds_the_same_samples(order, batch, data):
+    start = data.draw(st.integers(0, order.num_samples - 1))
+    positions = np.arange(start, min(start + batch, order.num_samples))
+    plain, shuffled = order.locate(positions), order.locate_batch(positions)
+    assert sorted(zip(*map(np.ndarray.tolist, plain))) == sorted(zip(*map(np.ndarray.tolist, shuffled)))
+    assert all(np.array_equal(a, b) for a, b in zip(shuffled, order.locate_batch(positions)))  # deterministic
