@@ -10,11 +10,11 @@ measured with benchmarks/mixing.py: distinct shards per batch (mean, min), the m
 file order between consecutive samples divided by the dataset size, and the fraction of
 batches from a single shard. A uniform random order's figures are printed for reference.
 
-Ours' window is sized in bytes (``shuffle_window_bytes``, 64 MiB by default), so its mixing
-depends on the sample size. ``--emulate-sample-mb`` adds rows for ours with the window scaled
-as if each sample were that large (the window in samples is what counts): 64 MiB holds 21
-samples of 3 MB and one of 60 MB. Those rows pass ``shuffle_window_bytes``; a DataModule
-without that argument prints "n/a" there.
+Ours reads blocks of neighbouring samples sized in bytes (``read_block_bytes``, 2 MiB by
+default, and never more than a FastGen buffer's mixing allows), so its mixing could depend on
+the sample size. ``--emulate-sample-mb`` adds rows for ours with ``read_block_bytes`` scaled as
+if each sample were that large (the block in samples is what counts: 2 MiB holds less than one
+sample of 3 MB or 60 MB, so a block is one sample).
 
 Examples (the defaults take about a minute on 2 cores):
 
@@ -40,7 +40,7 @@ import mixing
 from fastgen_dm import ImageLatentDataModule
 from fastgen_dm.prepare.demo_wds import write_demo_shards
 
-DEFAULT_WINDOW_BYTES = 64 << 20  # WDSDataModule's shuffle_window_bytes default, for the scaled rows
+DEFAULT_READ_BLOCK_BYTES = 2 << 20  # WDSDataModule's read_block_bytes default, for the scaled rows
 
 warnings.filterwarnings("ignore", message="This DataLoader will create")
 
@@ -113,10 +113,10 @@ def main() -> None:
             ),
         }
         for mb in [float(x) for x in args.emulate_sample_mb.split(",") if x.strip()]:
-            window = max(1, int(DEFAULT_WINDOW_BYTES * sample_bytes / (mb * 2**20)))
-            label = f"ours, window as for {mb:g} MB samples ({DEFAULT_WINDOW_BYTES / (mb * 2**20):.0f} samples)"
+            block_bytes = max(1, int(DEFAULT_READ_BLOCK_BYTES * sample_bytes / (mb * 2**20)))
+            label = f"ours, blocks as for {mb:g} MB samples"
             try:
-                batches = ours_batches(str(folder), index_dir, args.workers, args.batch_size, {"shuffle_window_bytes": window, **args.dm_kwargs})
+                batches = ours_batches(str(folder), index_dir, args.workers, args.batch_size, {"read_block_bytes": block_bytes, **args.dm_kwargs})
             except TypeError:
                 rows[label] = None
             else:
@@ -128,7 +128,7 @@ def main() -> None:
         measured = {k: v for k, v in rows.items() if v is not None}
         print(mixing.table(measured, args.batch_size, len(paths)))
         for label in (k for k, v in rows.items() if v is None):
-            print(f"   {label:44} n/a (the DataModule takes no shuffle_window_bytes)")
+            print(f"   {label:44} n/a (the DataModule takes no read_block_bytes)")
     print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} at end")
 
 
