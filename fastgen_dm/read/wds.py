@@ -71,6 +71,7 @@ class ShardReader:
         self.offsets_dir = offsets_dir
         self._offsets: OrderedDict[str, ShardIndex] = OrderedDict()
         self._files: OrderedDict[str, int] = OrderedDict()
+        self._filesystems: dict[str, Any] = {}  # one per protocol, resolved once
 
     # -- offsets ---------------------------------------------------------------------------
     def offsets(self, shard: Shard) -> ShardIndex:
@@ -196,8 +197,8 @@ class ShardReader:
             else:
                 remote.setdefault(run.shard.url.split("://", 1)[0], []).append(k)
         for ks in remote.values():
-            fs, _ = resolve_fs(runs[ks[0]].shard.url, self.storage_options)
-            paths = [resolve_fs(runs[k].shard.url, self.storage_options)[1] for k in ks]
+            fs = self._remote_fs(runs[ks[0]].shard.url)
+            paths = [fs._strip_protocol(runs[k].shard.url) for k in ks]
             blobs = fs.cat_ranges(paths, [runs[k].start for k in ks], [runs[k].end for k in ks], on_error="return")
             for k, path, blob in zip(ks, paths, blobs):
                 if isinstance(blob, BaseException):
@@ -208,6 +209,13 @@ class ShardReader:
                 if isinstance(blob, bytes):
                     self.counter.add(len(blob))
         return results
+
+    def _remote_fs(self, url: str) -> Any:
+        protocol = url.split("://", 1)[0]
+        fs = self._filesystems.get(protocol)
+        if fs is None:
+            fs = self._filesystems[protocol] = resolve_fs(url, self.storage_options)[0]
+        return fs
 
     @staticmethod
     def _failed(fs: Any, path: str, run: _Run, error: BaseException) -> bytes:
@@ -245,4 +253,4 @@ class ShardReader:
         self._files.clear()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": OrderedDict()}  # descriptors stay with their process
+        return {**self.__dict__, "_files": OrderedDict(), "_filesystems": {}}  # handles stay with their process
