@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from pathlib import Path
+from typing import NoReturn
+
 import lightning
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from fastgen_dm.datamodules import PlannedDataModule
 
-LIGHTNING_SUBCOMMANDS = {
-    "fit": "Train a model on a DataModule (LightningCLI).",
-    "validate": "Run the validation loop once (LightningCLI).",
-    "test": "Run the test loop once (LightningCLI).",
-    "predict": "Run the predict loop once (LightningCLI).",
-}
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "fastgen_dm.models.EDMDenoiser"
+
+
+def one_line_parse_error(message: str) -> str:
+    """jsonargparse's nested report of a bad value, as the option and the reason on one line.
+
+    Example: 'Parser key "data": ... Parser key "batch_size":\\n Expected a <class 'int'>. Got
+    value: many ...' gives "--data.batch_size: Expected a <class 'int'>. Got value: many".
+    """
+    keys = re.findall(r'Parser key "([^"]+)":', message)
+    if not keys:
+        return " ".join(message.split())
+    lines = message[message.rindex(f'Parser key "{keys[-1]}":') :].splitlines()[1:]
+    # A bad subclass value ("--data.nosuch") says why under the class it tried, not first.
+    tried = [k for k, line in enumerate(lines) if "Problem with given class_path" in line]
+    detail = lines[tried[0] + 1] if tried and tried[0] + 1 < len(lines) else lines[0] if lines else ""
+    return f"--{'.'.join(keys)}: {detail.strip()}"
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A LightningArgumentParser whose argument errors are one line, like every other error."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")  # a subcommand's prog, as jsonargparse spells it
+        self.exit(2, f"{prog}: error: {one_line_parse_error(message)}\n")
 
 
 class FastGenCLI(LightningCLI):
@@ -23,6 +49,15 @@ class FastGenCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
+
+    def before_fit(self) -> None:
+        # A DataModule reading the data root (a relative default) names it, absolute, once.
+        from fastgen_dm.cli._datamodule import data_root_note
+        from fastgen_dm.datamodules.edm_zip import data_root
+
+        dataset_path = getattr(self.datamodule, "dataset_path", None)
+        if isinstance(dataset_path, str) and Path(dataset_path).resolve().is_relative_to(Path(data_root()).resolve()):
+            logger.info(data_root_note())
 
     def instantiate_classes(self) -> None:
         """Build the classes; a value a DataModule or model rejects ends the command with its message."""
@@ -44,6 +79,7 @@ def run_lightning(args: list[str] | None) -> FastGenCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_class=OneLineErrorParser,
         parser_kwargs={"prog": "fastgen"},
         args=args,
     )

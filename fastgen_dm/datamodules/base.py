@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import lightning
 import torch
@@ -20,6 +20,17 @@ from fastgen_dm.plan import Cursor, EpochPlan
 from fastgen_dm.transform import scale_to_unit
 
 logger = logging.getLogger(__name__)
+
+#: The plan's tail policies a training run may use: "uneven" (for evaluation) gives ranks
+#: different numbers of steps, and DDP hangs on the rank that waits.
+TrainingTail = Literal["pad", "drop"]
+
+
+def validate_training_tail(tail: str) -> None:
+    if tail == "uneven":
+        raise ValueError("tail 'uneven' is for evaluation only: ranks would take different numbers of steps; use 'pad' or 'drop'")
+    if tail not in ("pad", "drop"):
+        raise ValueError(f"tail {tail!r} is unknown; use 'pad' or 'drop'")
 
 
 class PlannedStream(IterableDataset):

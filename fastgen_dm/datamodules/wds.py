@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fastgen_dm.batch import SampleFilteredOut, SampleSpec, drop_rows, load_constants, wds_batch
-from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream
+from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
 from fastgen_dm.index.datatags import (
     Shard,
     local_index_path,
@@ -319,7 +319,7 @@ class WDSDataModule(PlannedDataModule):
         shuffle_buffer_bytes: int = 256 << 20,
         sampler_start_idx: int = 0,
         seed: int = 0,
-        tail: TailPolicy = "pad",
+        tail: TrainingTail = "pad",
         val_datatags: list[str] | None = None,
         max_skip_fraction: float = 0.01,
         skipped_index_dir: str | None = None,
@@ -377,8 +377,7 @@ class WDSDataModule(PlannedDataModule):
             raise ValueError("shuffle_window_bytes and shuffle_buffer_bytes must be positive")
         if self.sampler_start_idx < 0:
             raise ValueError(f"sampler_start_idx must be >= 0, got {self.sampler_start_idx}")
-        if self.tail not in ("pad", "drop"):
-            raise ValueError(f"tail {self.tail!r} is unknown; use 'pad' or 'drop'")
+        validate_training_tail(self.tail)
 
     # -- Lightning hooks -------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -29,7 +29,6 @@ parameters from the stored shapes.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -38,13 +37,12 @@ from typing import Any, Literal
 import lightning
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 __all__ = ["EDMDenoiser"]
-
-logger = logging.getLogger(__name__)
 
 # The sampler's noise range and schedule curvature, as in EDM's `edm_sampler`.
 _SIGMA_MIN = 0.002
@@ -563,13 +561,14 @@ class EDMDenoiser(lightning.LightningModule):
         return loss
 
     def on_train_end(self) -> None:
-        # One line that shows whether training worked, without opening the logs.
-        if self._first_losses and self.trainer.is_global_zero:
+        # One line that shows whether training worked, without opening the logs. Through
+        # Lightning's logger, which has a handler in spawned DDP processes too.
+        if self._first_losses:
             first = torch.stack(self._first_losses).mean().item()
             last = torch.stack(list(self._last_losses)).mean().item()
-            logger.info(
-                "train/loss %.3f over this run's first %d steps, %.3f over its last %d (global step %d)",
-                first, len(self._first_losses), last, len(self._last_losses), self.trainer.global_step,
+            rank_zero_info(
+                f"train/loss {first:.3f} over this run's first {len(self._first_losses)} steps, "
+                f"{last:.3f} over its last {len(self._last_losses)} (global step {self.trainer.global_step})"
             )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
