@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
-    return Path(args.output_dir or data_root())
+    return Path(args.output_dir or data_root()).resolve()
 
 
 def _prepare_demo(args: argparse.Namespace) -> int:
