@@ -98,6 +98,11 @@ def build_datamodule(parser: argparse.ArgumentParser, configs: Sequence[str], re
         fail(parser, str(err))
     if not argv:
         fail(parser, "no DataModule given: pass --config FILE or --data CLASS (see --help)")
+    from fastgen_dm.cli.main import unknown_datamodule
+
+    unknown = unknown_datamodule(rest)
+    if unknown:
+        fail(parser, unknown)
     data_parser = OneLineErrorParser(prog=parser.prog, exit_on_error=True)
     data_parser.add_lightning_class_args(PlannedDataModule, "data", subclass_mode=True, required=True)
     config = data_parser.parse_args(argv)  # exits 2 itself, naming the argument, on bad input

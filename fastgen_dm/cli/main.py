@@ -62,7 +62,7 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unknown_datamodule(argv: list[str]) -> str | None:
+def unknown_datamodule(argv: list[str]) -> str | None:
     """An error for ``--data NAME`` (or ``--data.help NAME``) naming no DataModule of the package, else None.
 
     Dotted values (class paths, config files) are left to LightningCLI.
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if command in TOOLS:
         return _run_tool(command, rest)
     if command in LIGHTNING_SUBCOMMANDS:
-        error = _unknown_datamodule(rest)
+        error = unknown_datamodule(rest)
         if error:
             _top_parser().exit(2, f"fastgen {command}: error: {error}\n")
         debug = "--debug" in rest or os.environ.get("FASTGEN_DEBUG", "") not in ("", "0")

@@ -26,11 +26,12 @@ def one_line_parse_error(message: str) -> str:
     keys = re.findall(r'Parser key "([^"]+)":', message)
     if not keys:
         return " ".join(message.split())
-    lines = message[message.rindex(f'Parser key "{keys[-1]}":') :].splitlines()[1:]
+    lines = [line.strip().removeprefix("- ") for line in message[message.rindex(f'Parser key "{keys[-1]}":') :].splitlines()[1:]]
+    lines = [line for line in lines if line]
     # A bad subclass value ("--data.nosuch") says why under the class it tried, not first.
-    tried = [k for k, line in enumerate(lines) if "Problem with given class_path" in line]
+    tried = [k for k, line in enumerate(lines) if line.startswith("Problem with given class_path")]
     detail = lines[tried[0] + 1] if tried and tried[0] + 1 < len(lines) else lines[0] if lines else ""
-    return f"--{'.'.join(keys)}: {detail.strip()}"
+    return f"--{'.'.join(keys)}: {detail}"
 
 
 class OneLineErrorParser(LightningArgumentParser):

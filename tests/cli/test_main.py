@@ -227,3 +227,10 @@ def test_fit_and_prepare_name_the_absolute_data_root(tmp_path, capsys):
     assert result.stdout.splitlines()[0] == note
     assert result.stdout.count(f"wrote 8 images of 4 classes to {root / 'demo' / 'demo-32x32.zip'}") == 1
     assert "wrote" not in result.stderr  # each write is said once, on stdout
+
+
+def test_one_line_parse_error_skips_blank_lines_and_list_marks():
+    from fastgen_dm.cli.train import one_line_parse_error
+
+    message = 'Parser key "data":\n\n  - Expected a path but X either not accessible or invalid\n  - Does not validate'
+    assert one_line_parse_error(message) == "--data: Expected a path but X either not accessible or invalid"
