@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import textwrap
 import warnings
 from pathlib import Path
@@ -88,10 +89,8 @@ def build_datamodule(parser: argparse.ArgumentParser, configs: Sequence[str], re
     Exits with status 2 (naming the argument) on a bad config, an unknown option or class, or a
     value the DataModule rejects; ``--data.help CLASS`` prints that class's options and exits 0.
     """
-    from lightning.pytorch.cli import LightningArgumentParser
-
-    import fastgen_dm  # noqa: F401  (imports every DataModule, so short names resolve)
-    from fastgen_dm.datamodules import PlannedDataModule
+    from fastgen_dm.cli.train import OneLineErrorParser
+    from fastgen_dm.datamodules import PlannedDataModule  # imports every DataModule, so short names resolve
 
     try:
         argv = data_argv(configs, rest)
@@ -99,7 +98,12 @@ def build_datamodule(parser: argparse.ArgumentParser, configs: Sequence[str], re
         fail(parser, str(err))
     if not argv:
         fail(parser, "no DataModule given: pass --config FILE or --data CLASS (see --help)")
-    data_parser = LightningArgumentParser(prog=parser.prog, exit_on_error=True)
+    from fastgen_dm.cli.main import unknown_datamodule
+
+    unknown = unknown_datamodule(rest)
+    if unknown:
+        fail(parser, unknown)
+    data_parser = OneLineErrorParser(prog=parser.prog, exit_on_error=True)
     data_parser.add_lightning_class_args(PlannedDataModule, "data", subclass_mode=True, required=True)
     config = data_parser.parse_args(argv)  # exits 2 itself, naming the argument, on bad input
     try:
@@ -109,6 +113,24 @@ def build_datamodule(parser: argparse.ArgumentParser, configs: Sequence[str], re
     except (ValueError, TypeError) as err:
         fail(parser, f"--data: {root_cause(err)}")
     return init.data
+
+
+def data_root_note(output_dir: str | None = None) -> str:
+    """Where data goes, as an absolute path with where it came from: relative defaults depend
+    on the current folder, which is easy to miss.
+
+    Example: with no $DATA_ROOT_DIR, in /home/me: "data root: /home/me/FASTGEN_OUTPUT/DATA
+    (FASTGEN_OUTPUT/DATA under the current folder; set $DATA_ROOT_DIR to change it)".
+    """
+    from fastgen_dm.datamodules.edm_zip import DEFAULT_DATA_ROOT, data_root
+
+    if output_dir is not None:
+        source = "--output-dir"
+    elif "DATA_ROOT_DIR" in os.environ:
+        source = "$DATA_ROOT_DIR"
+    else:
+        source = f"{DEFAULT_DATA_ROOT} under the current folder; set $DATA_ROOT_DIR to change it"
+    return f"data root: {Path(output_dir or data_root()).resolve()} ({source})"
 
 
 def root_cause(err: BaseException) -> BaseException:

@@ -316,7 +316,7 @@ def main(argv: list[str]) -> int:
     try:
         dm.prepare_data()
         dm.setup("fit")
-        print(f"fastgen bench: {family_name(dm)}, batch_size {dm.batch_size}, {args.batches} batches after the first, step {args.step_ms:g} ms")
+        print(f"fastgen bench: {family_name(dm)}, batch_size {dm.batch_size}, up to {args.batches} batches after the first, step {args.step_ms:g} ms")
         raw_mb_per_s = None
         files = data_files(dm)
         if args.raw_mb and files:
@@ -336,4 +336,7 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as err:
         fail(parser, str(err))
     print(format_results(results, raw_mb_per_s))
+    short = sorted({r.batches for r in results if r.batches < args.batches})
+    if short:  # the table's "batches" column says how many were timed; say why it is fewer
+        print(f"the epoch ended after {', '.join(map(str, short))} of the {args.batches} batches asked for (--batches)")
     return 0

@@ -8,13 +8,14 @@ import os
 import pickle
 from pathlib import Path
 
+from fastgen_dm.cli._datamodule import data_root_note
 from fastgen_dm.datamodules.edm_zip import data_root
 
 logger = logging.getLogger(__name__)
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
-    return Path(args.output_dir or data_root())
+    return Path(args.output_dir or data_root()).resolve()
 
 
 def _prepare_demo(args: argparse.Namespace) -> int:
@@ -222,6 +223,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fastgen prepare", description="Write datasets in the formats the DataModules read.")
     build_parser(parser)
     args = parser.parse_args(argv)
+    print(data_root_note(args.output_dir))
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, ImportError, pickle.UnpicklingError) as err:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import re
+from pathlib import Path
+from typing import Any, NoReturn
+
 
 import lightning
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -10,12 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from fastgen_dm.datamodules import PlannedDataModule
 from fastgen_dm.storage import redact_storage_options
 
-LIGHTNING_SUBCOMMANDS = {
-    "fit": "Train a model on a DataModule (LightningCLI).",
-    "validate": "Run the validation loop once (LightningCLI).",
-    "test": "Run the test loop once (LightningCLI).",
-    "predict": "Run the predict loop once (LightningCLI).",
-}
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "fastgen_dm.models.EDMDenoiser"
 
@@ -36,12 +35,48 @@ class RedactingSaveConfigCallback(SaveConfigCallback):
         super().__init__(parser, config, *args, **kwargs)
 
 
+def one_line_parse_error(message: str) -> str:
+    """jsonargparse's nested report of a bad value, as the option and the reason on one line.
+
+    Example: 'Parser key "data": ... Parser key "batch_size":\\n Expected a <class 'int'>. Got
+    value: many ...' gives "--data.batch_size: Expected a <class 'int'>. Got value: many".
+    """
+    keys = re.findall(r'Parser key "([^"]+)":', message)
+    if not keys:
+        return " ".join(message.split())
+    lines = [line.strip().removeprefix("- ") for line in message[message.rindex(f'Parser key "{keys[-1]}":') :].splitlines()[1:]]
+    lines = [line for line in lines if line]
+    # A bad subclass value ("--data.nosuch") says why under the class it tried, not first.
+    tried = [k for k, line in enumerate(lines) if line.startswith("Problem with given class_path")]
+    detail = lines[tried[0] + 1] if tried and tried[0] + 1 < len(lines) else lines[0] if lines else ""
+    return f"--{'.'.join(keys)}: {detail}"
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A LightningArgumentParser whose argument errors are one line, like every other error."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")  # a subcommand's prog, as jsonargparse spells it
+        self.exit(2, f"{prog}: error: {one_line_parse_error(message)}\n")
+
+
 class FastGenCLI(LightningCLI):
     """LightningCLI whose ``--data`` takes any fastgen-dm DataModule by short name, and whose
     ``--model`` defaults to the reference EDM denoiser."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
+
+    def before_fit(self) -> None:
+        # A DataModule reading the data root (a relative default) names it, absolute, once.
+        from fastgen_dm.cli._datamodule import data_root_note
+        from fastgen_dm.datamodules.edm_zip import data_root
+
+        dataset_path = getattr(self.datamodule, "dataset_path", None)
+        if isinstance(dataset_path, str) and Path(dataset_path).resolve().is_relative_to(Path(data_root()).resolve()):
+            logger.info(data_root_note())
 
     def instantiate_classes(self) -> None:
         """Build the classes; a value a DataModule or model rejects ends the command with its message."""
@@ -64,6 +99,7 @@ def run_lightning(args: list[str] | None) -> FastGenCLI:
         subclass_mode_data=True,
         save_config_callback=RedactingSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
+        parser_class=OneLineErrorParser,
         parser_kwargs={"prog": "fastgen"},
         args=args,
     )

@@ -250,7 +250,12 @@ def _report(
     name: str, ok: int, planned: int | None, bad: Sequence[BadSample], damaged: Sequence[DamagedShard], max_report: int
 ) -> None:
     lost = [(d, k) for d in damaged for k in d.lost_keys]
-    print(f"{name}: {ok} samples ok, {len(bad) + len(lost)} bad" + (f", {planned} planned" if planned is not None else ""))
+    # ok + bad add up to planned; samples a damaged shard cut off were never planned, so they
+    # are counted apart.
+    summary = f"{name}: {ok} samples ok, {len(bad)} bad" + (f", {planned} planned" if planned is not None else "")
+    if lost:
+        summary += f"; {len(lost)} more lost to damaged shards (never planned)"
+    print(summary)
     if planned is not None and ok + len(bad) < planned:
         print(f"  {planned - ok - len(bad)} planned samples were not delivered (filtered out by presets_filter, or lost in a stopped epoch)")
     by_cause: dict[str, list[BadSample]] = defaultdict(list)

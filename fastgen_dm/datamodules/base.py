@@ -12,7 +12,7 @@ import inspect
 import logging
 import os
 import types
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import lightning
 import torch
@@ -24,6 +24,17 @@ from fastgen_dm.storage import redact_storage_options
 from fastgen_dm.transform import scale_to_unit
 
 logger = logging.getLogger(__name__)
+
+#: The plan's tail policies a training run may use: "uneven" (for evaluation) gives ranks
+#: different numbers of steps, and DDP hangs on the rank that waits.
+TrainingTail = Literal["pad", "drop"]
+
+
+def validate_training_tail(tail: str) -> None:
+    if tail == "uneven":
+        raise ValueError("tail 'uneven' is for evaluation only: ranks would take different numbers of steps; use 'pad' or 'drop'")
+    if tail not in ("pad", "drop"):
+        raise ValueError(f"tail {tail!r} is unknown; use 'pad' or 'drop'")
 
 
 class PlannedStream(IterableDataset):

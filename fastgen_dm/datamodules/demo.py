@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
 from fastgen_dm.prepare import write_demo_zip
 from fastgen_dm.storage import exists
+
+logger = logging.getLogger(__name__)
 
 
 class DemoDataModule(ImageFolderDataModule):
@@ -52,4 +55,5 @@ class DemoDataModule(ImageFolderDataModule):
                 num_classes=self.num_classes,
                 seed=self.demo_seed,
             )
+            logger.info("wrote the demo dataset (%d images) to %s", self.num_images, Path(self.dataset_path).resolve())
         super().prepare_data()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fastgen_dm.batch import zip_batch
-from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream
+from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
 from fastgen_dm.datamodules.edm_cache import build_cache, cache_path, open_cache
 from fastgen_dm.decode import decode_image, decoder_for
 from fastgen_dm.index import EDMIndex, scan_edm
@@ -217,7 +217,7 @@ class ImageFolderDataModule(PlannedDataModule):
         num_workers: int | None = None,
         pin_memory: bool = True,
         normalize_on_device: bool = False,
-        tail: TailPolicy = "pad",
+        tail: TrainingTail = "pad",
         max_skip_fraction: float = 0.01,
         ignore_index_paths: list[str] | None = None,
         skipped_index_dir: str | None = None,
@@ -261,8 +261,7 @@ class ImageFolderDataModule(PlannedDataModule):
             raise ValueError(f"max_size must be >= 1 or None (all items), got {self.max_size}")
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"resolution must be >= 1 or None, got {self.resolution}")
-        if self.tail not in ("pad", "drop"):
-            raise ValueError(f"tail {self.tail!r} is unknown; use 'pad' or 'drop'")
+        validate_training_tail(self.tail)
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
         if self.cache and self.cache_dir is None and not is_local(self.dataset_path):

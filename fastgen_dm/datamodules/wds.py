@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fastgen_dm.batch import SampleFilteredOut, SampleSpec, drop_rows, load_constants, wds_batch
-from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream
+from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
 from fastgen_dm.index.datatags import (
     Shard,
     local_index_path,
@@ -344,7 +344,7 @@ class WDSDataModule(PlannedDataModule):
         shuffle_buffer_bytes: int = 256 << 20,
         sampler_start_idx: int = 0,
         seed: int = 0,
-        tail: TailPolicy = "pad",
+        tail: TrainingTail = "pad",
         val_datatags: list[str] | None = None,
         max_skip_fraction: float = 0.01,
         skipped_index_dir: str | None = None,
@@ -407,8 +407,7 @@ class WDSDataModule(PlannedDataModule):
             raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
         if self.sampler_start_idx < 0:
             raise ValueError(f"sampler_start_idx must be >= 0, got {self.sampler_start_idx}")
-        if self.tail not in ("pad", "drop"):
-            raise ValueError(f"tail {self.tail!r} is unknown; use 'pad' or 'drop'")
+        validate_training_tail(self.tail)
 
     # -- Lightning hooks -------------------------------------------------------------------
     def prepare_data(self) -> None:

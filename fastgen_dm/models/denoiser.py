@@ -10,16 +10,19 @@ Shapes it accepts (``batch["real"]``):
 - ``[B, C, H, W]`` images or image latents: 2-D convolutions;
 - ``[B, C, T, H, W]`` videos or video latents: 3-D convolutions.
 
-The channel count, the convolution rank and the condition width come from the first batch
-(lazy parameters), unless ``in_channels``, ``spatial_dims`` and ``cond_dim`` are all given, in
-which case every parameter exists right after ``__init__``.
+The channel count, the convolution rank and the condition width come from the data unless
+``in_channels``, ``spatial_dims`` and ``cond_dim`` are all given, in which case every parameter
+exists right after ``__init__``. Inside a Trainer with a DataModule, ``setup`` takes them from
+the DataModule's first batch, so every parameter exists before ``DistributedDataParallel`` wraps
+the model (it refuses uninitialized parameters) and before a checkpoint's weights are loaded:
+``fit`` and resume work on any number of processes without shape arguments. Elsewhere (loaders
+passed to ``Trainer.fit``, a model called by hand) the parameters are lazy and materialize on
+the first forward pass.
 
 How lazy parameters meet the optimizer: Lightning calls ``configure_optimizers`` before the first
 batch. The optimizer is built over the (still uninitialized) lazy parameters; the first forward pass
 materializes those same ``Parameter`` objects in place, so the optimizer holds the real tensors
-from its first ``step``. Adam creates its state on the first step, so nothing is lost. Two things
-do need every shape up front: ``DistributedDataParallel`` (it refuses uninitialized parameters)
-and an exact model summary; for those pass ``in_channels``, ``spatial_dims`` and ``cond_dim``.
+from its first ``step``. Adam creates its state on the first step, so nothing is lost.
 Checkpoints restore into a lazy model without a batch: loading a state dict materializes the
 parameters from the stored shapes.
 """
@@ -27,12 +30,14 @@ parameters from the stored shapes.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
@@ -43,6 +48,9 @@ __all__ = ["EDMDenoiser"]
 _SIGMA_MIN = 0.002
 _SIGMA_MAX = 80.0
 _RHO = 7.0
+
+# Steps averaged for the first and last training loss reported at the end of ``fit``.
+_REPORTED_STEPS = 10
 
 # Validation noise levels: this many quantiles of the training lognormal, assigned to samples
 # round-robin, so `val/loss` covers the whole training range deterministically.
@@ -318,6 +326,36 @@ def _condition_from(value: Any, batch_size: int) -> torch.Tensor | None:
     return value if value.shape[1] > 0 else None
 
 
+# The loader each stage runs, so ``setup`` can look at the batches that stage will train on.
+_STAGE_LOADERS = {
+    "fit": "train_dataloader",
+    "validate": "val_dataloader",
+    "test": "test_dataloader",
+    "predict": "predict_dataloader",
+}
+
+
+def _first_batch(datamodule: Any, stage: str) -> dict[str, Any] | None:
+    """The first batch of ``stage``'s loader of ``datamodule``, or None when there is none.
+
+    A fastgen-dm loader's stream is iterated in this process (no workers start, and the
+    DataModule's position is left alone); any other loader is iterated once.
+    """
+    from fastgen_dm.datamodules.base import PlannedDataLoader
+
+    make_loader = getattr(datamodule, _STAGE_LOADERS.get(stage, ""), None)
+    if make_loader is None:
+        return None
+    try:
+        loader = make_loader()
+    except NotImplementedError:  # LightningDataModule's stub for a stage it lacks
+        return None
+    batches = iter(loader.dataset if isinstance(loader, PlannedDataLoader) else loader)
+    batch = next(batches, None)
+    del batches  # shuts down any worker processes now
+    return batch if isinstance(batch, dict) and "real" in batch else None
+
+
 def _validate_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name}={value!r} must be > 0")
@@ -363,7 +401,7 @@ class EDMDenoiser(lightning.LightningModule):
         cond_dim: Width of the condition after averaging over tokens (K classes or D features),
             0 for unconditional; None to take it from the first batch. Give all of
             ``in_channels``, ``spatial_dims`` and ``cond_dim`` to have every parameter exist
-            after ``__init__`` (needed for DDP).
+            after ``__init__`` (needed for DDP when ``fit`` gets loaders instead of a DataModule).
     """
 
     def __init__(
@@ -408,6 +446,9 @@ class EDMDenoiser(lightning.LightningModule):
         self.net = _Network(
             hidden_channels, num_blocks, patch_size, in_channels, spatial_dims, cond_dim
         )
+        # Detached losses of this process's first and latest steps, for the report at the end.
+        self._first_losses: list[torch.Tensor] = []
+        self._last_losses: deque[torch.Tensor] = deque(maxlen=_REPORTED_STEPS)
 
     # -- the denoiser -----------------------------------------------------------------------
 
@@ -480,21 +521,29 @@ class EDMDenoiser(lightning.LightningModule):
     # -- Lightning hooks --------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        # DDP wraps the model before the first batch and refuses lazy parameters with an error
-        # that names neither the cause nor the fix. A checkpoint would materialize them first.
-        trainer = self.trainer
-        if (
-            stage == "fit"
-            and trainer.world_size > 1
-            and trainer.ckpt_path is None
-            and not self.is_materialized
-        ):
+        # Build every parameter now, from the data: DDP wraps the model before the first batch
+        # and refuses lazy parameters, and a resumed run loads its weights before that too.
+        if self.is_materialized:
+            return
+        batch = _first_batch(self.trainer.datamodule, stage)
+        if batch is not None:
+            self.materialize_from(batch)
+        elif self.trainer.world_size > 1 and stage == "fit" and self.trainer.ckpt_path is None:
             raise ValueError(
-                f"EDMDenoiser cannot infer its shapes from the first batch when training on "
-                f"{trainer.world_size} processes (DDP needs every parameter before the first "
-                "batch); pass in_channels, spatial_dims and cond_dim, e.g. "
-                "--model.in_channels 3 --model.spatial_dims 2 --model.cond_dim 10"
+                f"EDMDenoiser cannot infer its shapes on {self.trainer.world_size} processes "
+                "without a DataModule (DDP needs every parameter before the first batch); pass "
+                "datamodule= to fit, or in_channels, spatial_dims and cond_dim, e.g. "
+                "in_channels=3, spatial_dims=2, cond_dim=4 for 3-channel images of 4 classes"
             )
+
+    @torch.no_grad()
+    def materialize_from(self, batch: dict[str, Any]) -> None:
+        """Give every lazy parameter its shape from one batch (one sample of it is run)."""
+        real = batch["real"][:1].to(self.device, torch.float32)
+        condition = _condition_from(batch.get("condition"), batch["real"].shape[0])
+        if condition is not None:
+            condition = condition[:1].to(self.device)
+        self(real, torch.ones(1, device=self.device), condition)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         real = batch["real"]
@@ -506,7 +555,21 @@ class EDMDenoiser(lightning.LightningModule):
         sigma = (torch.randn(batch_size, device=real.device) * self.p_std + self.p_mean).exp()
         loss = self._loss(batch, sigma, torch.randn_like(real), condition)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        if len(self._first_losses) < _REPORTED_STEPS:
+            self._first_losses.append(loss.detach())
+        self._last_losses.append(loss.detach())
         return loss
+
+    def on_train_end(self) -> None:
+        # One line that shows whether training worked, without opening the logs. Through
+        # Lightning's logger, which has a handler in spawned DDP processes too.
+        if self._first_losses:
+            first = torch.stack(self._first_losses).mean().item()
+            last = torch.stack(list(self._last_losses)).mean().item()
+            rank_zero_info(
+                f"train/loss {first:.3f} over this run's first {len(self._first_losses)} steps, "
+                f"{last:.3f} over its last {len(self._last_losses)} (global step {self.trainer.global_step})"
+            )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         real = batch["real"]

@@ -225,7 +225,8 @@ def write_demo_zip(
             label = i % num_classes
             rng = np.random.default_rng([seed, i])
             writer.add_image(_draw_demo_image(rng, label, num_classes, resolution), label)
-    logger.info("wrote %d demo images (%d classes) to %s", num_images, num_classes, writer.path)
+    # Debug: the callers (`fastgen prepare`, DemoDataModule) say what they wrote, once.
+    logger.debug("wrote %d demo images (%d classes) to %s", num_images, num_classes, writer.path)
     return writer.path
 
 
@@ -287,5 +288,6 @@ def write_demo_latent_zip(
             mean = (0.8 * noise + 0.6 * class_offsets[label][:, None, None]) / _VAE_SCALE
             std = np.exp(rng.uniform(math.log(0.05), math.log(0.5), size=(half, height, width)))
             writer.add_array(np.concatenate([mean, std]).astype(np.float32), label)
-    logger.info("wrote %d demo latents (%d classes) to %s", num_items, num_classes, writer.path)
+    # Debug: the callers (`fastgen prepare`, DemoDataModule) say what they wrote, once.
+    logger.debug("wrote %d demo latents (%d classes) to %s", num_items, num_classes, writer.path)
     return writer.path

@@ -295,7 +295,8 @@ def write_demo_shards(
     shards = _write_shards(Path(folder), samples, num_samples, samples_per_shard, f"demo {kind_name} shards", show_progress)
     negative = _rng(seed, len(_KINDS)).standard_normal((text_len, text_dim))
     _write_atomic(Path(folder) / NEG_CONDITION_FILE, _tensor_bytes(negative))
-    logger.info("wrote %d demo %s samples in %d shards to %s", num_samples, kind_name, len(shards), folder)
+    # Debug: the callers (`fastgen prepare`, DemoDataModule) say what they wrote, once.
+    logger.debug("wrote %d demo %s samples in %d shards to %s", num_samples, kind_name, len(shards), folder)
     return shards
 
 
@@ -335,7 +336,8 @@ def write_demo_media_shards(
     seed = _validate_int("seed", seed, 0)
     samples = _media_samples(kind, num_samples, seed)
     shards = _write_shards(Path(folder), samples, num_samples, samples_per_shard, f"demo {kind} shards", show_progress)
-    logger.info("wrote %d demo %s in %d shards to %s", num_samples, kind, len(shards), folder)
+    # Debug: the callers (`fastgen prepare`, DemoDataModule) say what they wrote, once.
+    logger.debug("wrote %d demo %s in %d shards to %s", num_samples, kind, len(shards), folder)
     return shards
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import IO, Any, Mapping
 
@@ -16,6 +18,8 @@ import fsspec
 from fsspec.core import url_to_fs
 
 logger = logging.getLogger(__name__)
+
+_PROBE_TIMEOUT_S = 10  # connecting to a host that answers takes well under a second
 
 _COPY_CHUNK_BYTES = 8 << 20
 
@@ -92,6 +96,24 @@ def open_url(url: str | os.PathLike, mode: str = "rb", storage_options: Mapping[
     return fs.open(path, mode)
 
 
+def _unreachable(url: str) -> str | None:
+    """Why the host of an http(s) ``url`` cannot be reached, or None when it can (or is no host).
+
+    fsspec's HTTP ``exists`` answers False for a host that does not resolve as for a missing
+    file; this tells them apart. Example: "the host www.cs.toronto.edu could not be reached
+    ([Errno -3] Temporary failure in name resolution); are you offline?".
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        return f"the host {parts.hostname} could not be reached ({err}); are you offline?"
+    return None
+
+
 def fetch_once(
     url: str,
     dest: str | os.PathLike,
@@ -112,7 +134,7 @@ def fetch_once(
         return dest
     fs, path = resolve_fs(url, storage_options)
     if not fs.exists(path):
-        raise FileNotFoundError(f"cannot fetch {url!r}: it does not exist")
+        raise FileNotFoundError(f"cannot fetch {url!r}: {_unreachable(url) or 'it does not exist'}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f"{dest.name}.part")
     total = fs.size(path)

@@ -176,7 +176,8 @@ def test_verify_damaged_shards_then_their_ignore_index_makes_it_pass(damaged_sha
     assert run("verify", *wds_args(damaged_shards, index_dir), "--out", out, "--no-progress") == 1
     text = capsys.readouterr().out
     # 00001.tar is cut inside sample 48: 16 samples before it are planned, the 15 after it have no header
-    assert "ImageLatentDataModule: 109 samples ok, 4 bad, 112 planned" in text
+    # ok + bad = planned; the sample cut off by the damage was never planned
+    assert "ImageLatentDataModule: 109 samples ok, 3 bad, 112 planned; 1 more lost to damaged shards (never planned)\n" in text
     assert re.search(r"ShardReadError: 1\n    00001\.tar  00000048  cut by the damage at byte \d+", text)
     for key in ("00000067", "00000068", "00000069"):
         assert f"00002.tar  {key}  " in text
@@ -410,3 +411,14 @@ def test_histogram_and_long_labels_fit_their_width():
     assert viz.histogram(torch.randn(1000), width=200).size == (200, viz.HIST_H)
     grid = viz.image_grid(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["a very long caption " * 10])
     assert grid.size == viz.grid_size(1, 64, 64)[2:]
+
+
+def test_bench_says_when_the_epoch_ends_before_the_batches_asked_for(demo_zip, capsys):
+    # 64 images in batches of 8: the first batch and 7 more, not 50.
+    code = run("bench", "--data", "ImageFolderDataModule", "--data.dataset_path", demo_zip, "--data.batch_size", "8",
+               "--data.num_workers", "0", "--batches", "50", "--raw-mb", "0")  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "up to 50 batches after the first" in text
+    assert text.strip().splitlines()[-2].split()[2] == "7"
+    assert text.strip().endswith("the epoch ended after 7 of the 50 batches asked for (--batches)")

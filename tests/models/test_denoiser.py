@@ -269,3 +269,54 @@ def test_works_as_a_lightning_cli_model():
     )
     assert cli.model.hparams.hidden_channels == 16
     assert cli.model.hparams.spatial_dims == 3
+
+
+def _demo_datamodule(tmp_path, **kwargs):
+    from fastgen_dm import DemoDataModule
+
+    options = dict(num_images=32, batch_size=4, num_workers=0, resolution=8)
+    return DemoDataModule(dataset_path=str(tmp_path / "demo.zip"), **(options | kwargs))
+
+
+def test_setup_builds_every_parameter_from_the_datamodule(tmp_path):
+    dm = _demo_datamodule(tmp_path)
+    dm.prepare_data()
+    model = _small_model()
+    trainer = _trainer(max_steps=1)
+    trainer.fit(model, datamodule=dm)
+    assert model.net.patchify.weight.shape[1] == 3 and model.net.map_condition.in_features == 4
+    assert model.net.patchify.weight.ndim == 4
+
+
+def test_two_process_ddp_fit_needs_no_shape_arguments(tmp_path):
+    from helpers import DestroyProcessGroup
+
+    dm = _demo_datamodule(tmp_path)
+    dm.prepare_data()
+    trainer = _trainer(
+        devices=2, strategy="ddp_spawn", max_steps=2, callbacks=[DestroyProcessGroup()]
+    )
+    model = _small_model()
+    trainer.fit(model, datamodule=dm)
+    # ddp_spawn hands rank 0's weights and metrics back to this process.
+    assert trainer.state.status == "finished" and "train/loss" in trainer.callback_metrics
+    assert model.is_materialized
+
+
+def test_two_processes_without_a_datamodule_name_the_fix():
+    message = "pass datamodule= to fit, or in_channels, spatial_dims and cond_dim, e.g. in_channels=3"
+    model = _small_model()
+    model.trainer = _trainer(devices=2, strategy="ddp_spawn")  # the hook alone; nothing is spawned
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.setup("fit")
+
+
+def test_fit_ends_with_the_first_and_last_loss(tmp_path, caplog):
+    dm = _demo_datamodule(tmp_path)
+    dm.prepare_data()
+    with caplog.at_level("INFO"):
+        _trainer(max_steps=12).fit(_small_model(), datamodule=dm)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train/loss")]
+    assert re.fullmatch(
+        r"train/loss \d+\.\d{3} over this run's first 10 steps, \d+\.\d{3} over its last 10 \(global step 12\)", line
+    ), line

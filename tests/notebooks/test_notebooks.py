@@ -16,3 +16,4 @@ def test_notebook_runs(path, tmp_path):
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    assert not list(tmp_path.iterdir()), "the notebook must write outside its own folder"

@@ -47,3 +47,22 @@ def test_fetch_once_resumes_a_partial_copy_and_renames_only_when_complete(tmp_pa
     assert fetch_once(f"file://{source}", dest, show_progress=False) == dest
     assert dest.read_bytes() == source.read_bytes()
     assert sorted(p.name for p in dest.parent.iterdir()) == ["copy.bin"]
+
+
+def test_fetching_from_a_host_that_does_not_resolve_says_so(tmp_path):
+    import re
+
+    from fastgen_dm.storage import fetch_once
+
+    # .invalid never resolves (RFC 2606), online or not.
+    url = "http://cifar.invalid/cifar-10-python.tar.gz"
+    message = f"cannot fetch {url!r}: the host cifar.invalid could not be reached ("
+    with pytest.raises(FileNotFoundError, match=re.escape(message) + r".*\); are you offline\?$"):
+        fetch_once(url, tmp_path / "cifar.tar.gz", show_progress=False)
+
+
+def test_fetching_a_missing_local_file_says_it_does_not_exist(tmp_path):
+    from fastgen_dm.storage import fetch_once
+
+    with pytest.raises(FileNotFoundError, match="it does not exist$"):
+        fetch_once(str(tmp_path / "nope.zip"), tmp_path / "copy.zip", show_progress=False)
