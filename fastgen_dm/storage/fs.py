@@ -33,10 +33,10 @@ def _check_url(url: str) -> None:
 
 
 #: botocore settings every ``s3://`` filesystem starts from; ``storage_options["config_kwargs"]``
-#: overrides any of them. botocore does not retry (``max_attempts`` 1): s3fs retries each call
+#: overrides any of them. botocore does not retry (``total_max_attempts`` 1): s3fs retries each call
 #: ``S3_RETRIES`` times with backoff, so a stalled store fails after at most about
 #: ``S3_RETRIES ** 2 * (connect_timeout + read_timeout)`` instead of hanging.
-S3_CONFIG_DEFAULTS: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 20, "retries": {"max_attempts": 1}}
+S3_CONFIG_DEFAULTS: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 20, "retries": {"mode": "standard", "total_max_attempts": 1}}
 S3_RETRIES = 3
 
 

@@ -8,11 +8,12 @@ then by name. A shard's identity is its full URL, so two datatags that both hold
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from fastgen_dm.storage.fs import resolve_fs
+from fastgen_dm.storage.fs import is_local, resolve_fs
 
 DATATAG_PREFIX = "WDS:"
 _NUMBER = re.compile(r"(\d+)")
@@ -38,8 +39,11 @@ def parse_datatag(tag: str) -> str:
 
 def shard_sort_key(url: str | ShardFile) -> tuple[int, int, str]:
     """Numeric names first, in numeric order (``shard-2`` before ``shard-10``), then by name."""
-    name = posixpath.basename(url.url if isinstance(url, ShardFile) else url)
-    numbers = _NUMBER.findall(posixpath.splitext(name)[0])
+    name = (url.url if isinstance(url, ShardFile) else url).rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0]
+    if stem.isdigit():  # the usual "000123.tar", without a regex: 10^5 shards sort in a blink
+        return 0, int(stem), name
+    numbers = _NUMBER.findall(stem)
     return (0, int(numbers[-1]), name) if numbers else (1, 0, name)
 
 
@@ -53,7 +57,11 @@ def list_shards(location: str, storage_options: Mapping[str, Any] | None = None,
     label = tag or location
     fs, root = resolve_fs(location, storage_options)
     try:
-        entries = fs.ls(root, detail=True)
+        if is_local(location):  # one stat an entry (fsspec's local ls takes several): 10^5 shards in a fraction of a second
+            with os.scandir(root) as scan:
+                entries = [{"name": e.path, "size": e.stat().st_size, "type": "directory" if e.is_dir() else "file"} for e in scan]
+        else:
+            entries = fs.ls(root, detail=True)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"datatag {label!r}: {location} does not exist") from err
     except (OSError, PermissionError) as err:
