@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import re
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, get_args
@@ -48,6 +47,7 @@ from typing import Literal, get_args
 import numpy as np
 import PIL.Image
 import torch
+import webdataset
 from tqdm import tqdm
 
 from fastgen_dm.prepare.demo import _rgb, draw_shape
@@ -200,7 +200,10 @@ def h264_mp4(frames: Iterable[np.ndarray], fps: int = VIDEO_FPS, gop: int = VIDE
     Made with PyAV (its wheels carry libx264), so no ffmpeg command is needed. Frames are
     consumed one at a time. ``gop``: frames between keyframes; ``qp``: the constant quantizer.
     """
-    import av
+    try:
+        import av
+    except ImportError:
+        raise ImportError("writing demo videos needs PyAV; install the video extra: pip install 'fastgen-dm[video]'") from None
 
     frames = iter(frames)
     first = next(frames)
@@ -219,16 +222,6 @@ def h264_mp4(frames: Iterable[np.ndarray], fps: int = VIDEO_FPS, gop: int = VIDE
             container.mux(stream.encode(picture))
         container.mux(stream.encode())
     return buffer.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = _MTIME
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -357,10 +350,10 @@ def _write_shards(
             first, stop = s * samples_per_shard, min((s + 1) * samples_per_shard, num_samples)
             tmp = shard.with_name(f".{shard.name}.part-{os.getpid()}")
             try:
-                with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                # a fixed mtime and owner: the tar's bytes do not depend on the clock or the user
+                with open(tmp, "wb") as stream, webdataset.TarWriter(stream, user="", group="", mtime=_MTIME, encoder=False) as tar:
                     for i in range(first, stop):
-                        for suffix, data in next(samples):
-                            _add_member(tar, f"{i:08d}.{suffix}", data)
+                        tar.write({"__key__": f"{i:08d}", **dict(next(samples))})
                         bar.update(1)
                 os.replace(tmp, shard)
             finally:

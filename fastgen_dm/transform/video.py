@@ -212,7 +212,7 @@ class VideoClipTransform:
     decoder_type: DecoderType = "segment"
     frame_stride: int = 1
     short_video: ShortVideo = "skip"
-    backend: Backend = "decord"
+    backend: Backend = "torchcodec"
     decode_timeout_s: float | None = 30.0
     seed: int = 0
     scale: bool = False
