@@ -121,7 +121,7 @@ class VideoSource:
         self.timeout_s = timeout_s
         self._broken: str | None = None
 
-    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         """The frames at ``indices`` (any order, repeats allowed), uint8 [len(indices), H, W, 3] RGB.
 
         Raises:
@@ -228,7 +228,7 @@ class _TorchcodecSource(VideoSource):
         from torchcodec.decoders import VideoDecoder
 
         try:  # "exact" scans every packet once: a frame count and a frame index from the content
-            self._decoder = VideoDecoder(
+            self._decoder: Any = VideoDecoder(  # Any: close() drops it
                 data, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=_DECODE_THREADS, device=device
             )
         except (RuntimeError, ValueError) as err:
@@ -433,7 +433,8 @@ def open_video(
         raise ValueError(f"video decoding on {device} needs backend='torchcodec' (NVDEC), got backend={backend!r}")
     if len(data) == 0:
         raise VideoDecodeError("the video member is empty (0 bytes)")
-    make = _SOURCES[backend] if on_cpu else functools.partial(_TorchcodecSource, device=device)
+    # each source takes (bytes, timeout_s); the base class's own __init__ takes counts
+    make: Callable[..., VideoSource] = _SOURCES[backend] if on_cpu else functools.partial(_TorchcodecSource, device=device)
     source = _bounded(lambda: make(bytes(data), timeout_s), timeout_s, f"{backend} opening")
     if source.num_frames < 1:
         source.close()

@@ -34,6 +34,7 @@ seed, and the tars (fixed mtime, owner and order) are the same bytes on every ru
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -165,6 +166,13 @@ def _samples(
         yield members
 
 
+def _draw(
+    label: int, centre: np.ndarray, angle: float, *, radius: float, foreground: tuple[int, int, int], background: tuple[int, int, int]
+) -> PIL.Image.Image:
+    """Class ``label``'s shape at ``centre``, turned by ``angle``, on ``background``."""
+    return draw_shape(_MEDIA_SHAPES[label], MEDIA_SIZE, tuple(centre), radius, angle, foreground, background)
+
+
 def _media_samples(kind: str, num_samples: int, seed: int) -> Iterator[list[tuple[str, bytes]]]:
     """For each sample: a JPEG (``jpg``) or an h264 mp4 (``mp4``) of a drawn shape, ``txt``, ``json``."""
     width, height = MEDIA_SIZE
@@ -177,18 +185,17 @@ def _media_samples(kind: str, num_samples: int, seed: int) -> Iterator[list[tupl
         margin = radius * 1.1 + 2
         low, high = np.array([margin, margin]), np.array([width - margin, height - margin])
         start, angle = rng.uniform(low, high), rng.uniform(-0.2, 0.2)
-
-        def draw(centre: np.ndarray, turn: float = 0.0) -> PIL.Image.Image:
-            return draw_shape(_MEDIA_SHAPES[label], MEDIA_SIZE, tuple(centre), radius, angle + turn, foreground, background)
+        # bound now: the frames are drawn lazily, by the consumer of a generator
+        draw = functools.partial(_draw, label, radius=radius, foreground=foreground, background=background)
 
         if kind == "images":
             buffer = io.BytesIO()
-            draw(start).save(buffer, "JPEG", quality=90)
+            draw(start, angle).save(buffer, "JPEG", quality=90)
             media = ("jpg", buffer.getvalue())
         else:  # the shape glides to another point and turns
             end, spin = rng.uniform(low, high), rng.uniform(-1.0, 1.0) * np.pi / 2
             steps = np.linspace(0.0, 1.0, VIDEO_FRAMES)
-            media = ("mp4", h264_mp4(np.asarray(draw(start + (end - start) * t, spin * t)) for t in steps))
+            media = ("mp4", h264_mp4(np.asarray(draw(start + (end - start) * t, angle + spin * t)) for t in steps))
         caption = f"{_STYLES[int(rng.integers(len(_STYLES)))]} {_CAPTIONS[label]}"
         score = round(float(rng.uniform(3.0, 7.0)), 4)
         yield [media, ("txt", caption.encode("utf-8")), ("json", json.dumps({"aesthetic_score": score}).encode("utf-8"))]

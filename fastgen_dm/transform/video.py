@@ -14,7 +14,7 @@ them. FastGen's layout::
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -219,6 +219,7 @@ class VideoClipTransform:
     interpolation: Interpolation = "bicubic"
     exact_resize: bool = True
     defer: bool = False
+    _draws: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_draws", [0])  # plain-bytes draws seen by this copy (per process)

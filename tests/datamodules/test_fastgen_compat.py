@@ -7,6 +7,8 @@ for missing members (``WDSLoader._preprocess``).
 import io
 import logging
 import re
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -222,3 +224,39 @@ def test_every_image_loader_argument_and_its_dataset_kwargs_construct(tmp_path):
     other = ImageFolderDataModule(dataset_path=path, batch_size=8, max_size=20, random_seed=3, seed=9, num_workers=0)
     other.setup("fit")
     assert set(other.stream.raw_idx.tolist()) == subset  # random_seed picks the subset, seed only the order
+
+
+# --- packaging -----------------------------------------------------------------------------------
+
+
+NO_VIDEO_EXTRA = """
+import importlib.util, sys
+
+VIDEO = ("av", "torchcodec", "decord")
+real_find_spec = importlib.util.find_spec
+
+
+class NoVideo:  # as if the video extra were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in VIDEO:
+            raise ModuleNotFoundError(name)
+
+
+sys.meta_path.insert(0, NoVideo())
+importlib.util.find_spec = lambda name, *args: None if name in VIDEO else real_find_spec(name, *args)
+import fastgen_dm.cli.main, fastgen_dm.datamodules
+from fastgen_dm.datamodules import VideoWDSDataModule
+
+try:
+    VideoWDSDataModule(["WDS:/nowhere"])
+except ImportError as err:
+    print(err)
+"""
+
+
+def test_the_package_imports_without_the_video_extra_and_a_video_backend_names_it():
+    out = subprocess.run([sys.executable, "-c", NO_VIDEO_EXTRA], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == (
+        "video backend 'torchcodec' needs the 'torchcodec' package, which is not installed; "
+        "install the video extra: pip install 'fastgen-dm[video]'"
+    )
