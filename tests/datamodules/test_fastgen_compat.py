@@ -9,34 +9,19 @@ import logging
 import re
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
-import torch
 
 from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
 from fastgen_dm.datamodules.latents import ImageLatentDataModule, PairDataModule
 from fastgen_dm.datamodules.wds import WDSDataModule
-from fastgen_dm.prepare.demo_wds import write_demo_shards
-from helpers import random_images, write_zip
-
-NUM = 230
-
-
-@pytest.fixture(scope="module")
-def latent_shards(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("image_latent")
-    write_demo_shards(folder, "image_latent", num_samples=NUM, samples_per_shard=50)
-    return folder
+from helpers import LATENT_SHARD_SAMPLES as NUM
+from helpers import make_wds, random_images, write_wds, write_zip
 
 
 def make(folder, tmp_path, cls=ImageLatentDataModule, **kwargs):
-    kwargs = {"batch_size": 16, "num_workers": 0, "index_dir": str(tmp_path / "index"), **kwargs}
-    dm = cls(datatags=[f"WDS:{folder}"], **kwargs)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return make_wds(folder, tmp_path, cls, **kwargs)
 
 
 def npy(array):
@@ -47,12 +32,7 @@ def npy(array):
 
 def write_tar(path, samples):
     """``samples``: one ``{suffix: bytes}`` per sample, keyed ``000000``, ``000001``, ..."""
-    with tarfile.open(path, "w") as tar:
-        for i, members in enumerate(samples):
-            for suffix, data in members.items():
-                info = tarfile.TarInfo(f"{i:06d}.{suffix}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    write_wds(path, [{"__key__": f"{i:06d}", **members} for i, members in enumerate(samples)])
 
 
 # --- every BaseWDSLoader argument constructs ----------------------------------------------------
