@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=2000)
     parser.add_argument("--every", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--backend", default="decord", choices=["decord", "torchcodec", "pyav"])
+    parser.add_argument("--backend", default="torchcodec", choices=["decord", "torchcodec", "pyav"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "videos"

@@ -2,9 +2,10 @@
 
 import pytest
 
-from helpers import write_zip
+from helpers import LATENT_SHARD_SAMPLES, write_zip
 
 from fastgen_dm.prepare import write_demo_zip
+from fastgen_dm.prepare.demo_wds import write_demo_shards
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +48,11 @@ def s3_server():
 def s3_bucket(s3_server):
     """A fresh, uniquely named, empty bucket on ``s3_server`` for one test: its name."""
     return s3_server.make_bucket()
+
+
+@pytest.fixture(scope="module")
+def latent_shards(tmp_path_factory):
+    """Demo image-latent shards of ``helpers.LATENT_SHARD_SAMPLES`` samples, 50 a shard."""
+    folder = tmp_path_factory.mktemp("image_latent")
+    write_demo_shards(folder, "image_latent", num_samples=LATENT_SHARD_SAMPLES, samples_per_shard=50)
+    return folder

@@ -83,6 +83,18 @@ def write_wds(path, samples):
     return str(path)
 
 
+LATENT_SHARD_SAMPLES = 230  # the latent_shards fixture: 4 shards of 50 and a last one of 30, uneven on purpose
+
+
+def make_wds(folder, tmp_path, cls, **kwargs):
+    """A WebDataset DataModule over ``folder``, prepared and set up (batch 16, no workers unless given)."""
+    kwargs = {"batch_size": 16, "num_workers": 0, "index_dir": str(tmp_path / "index"), **kwargs}
+    dm = cls(datatags=[f"WDS:{folder}"], **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
 def latent_samples(n, seed=0):
     rng = np.random.default_rng(seed)
     return [

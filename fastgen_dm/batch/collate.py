@@ -65,23 +65,30 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=out)
 
 
-def _collate(values: list[Any]) -> Any:
-    """Equal-shape tensors/arrays -> one [B, ...] tensor; ints -> int64 [B]; floats -> float64 [B]; else a list.
+def collate_column(values: Sequence[Any]) -> Any:
+    """One batch key's B values collated as FastGen's ``default_collate`` would.
+
+    Equal-shape tensors/arrays -> one [B, ...] tensor; ints -> int64 [B]; floats -> float64 [B];
+    dicts with the same keys -> a dict of collated columns; anything else -> a list.
 
     ``[zeros(4, 8), zeros(4, 8)]`` -> tensor [2, 4, 8]; ``[zeros(3), zeros(5)]`` -> list of 2 tensors;
-    ``["a", "b"]`` -> ``["a", "b"]``.
+    ``["a", "b"]`` -> ``["a", "b"]``; ``[{"crop_x0": 10}, {"crop_x0": 0}]`` -> ``{"crop_x0": tensor([10, 0])}``
+    (the video families' ``cropping_params``).
     """
+    values = list(values)
     if all(isinstance(v, (torch.Tensor, np.ndarray)) for v in values):
         tensors = [_to_tensor(v) for v in values]
         if any(t is None for t in tensors):
-            return list(values)
-        if all(t.shape == tensors[0].shape for t in tensors):
-            return _stack(tensors)
+            return values
+        if all(t.shape == tensors[0].shape for t in tensors):  # type: ignore[union-attr]
+            return _stack(tensors)  # type: ignore[arg-type]
         return tensors
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         is_int = all(isinstance(v, int) for v in values)
         return torch.tensor(values, dtype=torch.int64 if is_int else torch.float64)
-    return list(values)
+    if values and all(isinstance(v, Mapping) and list(v) == list(values[0]) for v in values):
+        return {key: collate_column([v[key] for v in values]) for key in values[0]}
+    return values
 
 
 def _repeat(value: Any, batch: int) -> Any:
@@ -110,7 +117,8 @@ def wds_batch(
     Returns:
         ``"fname"`` and ``"shard"`` (lists of B), then each sample key: equal-shape tensors/arrays
         stacked to [B, ...] (arrays through ``torch.from_numpy``), ints to int64 [B], floats to
-        float64 [B], anything else (strings, dicts, unequal shapes) a list of B; then each constant:
+        float64 [B], dicts with equal keys to a dict of such columns (``cropping_params``: int64 [B]
+        each), anything else (strings, unequal shapes) a list of B; then each constant:
         a tensor/array of shape S as a [B, *S] view made by ``expand`` (no copy: read it, never write
         to it in place), anything else (a preset string, text) a list of B references to the one value.
 
@@ -135,24 +143,31 @@ def wds_batch(
         )
     out: dict[str, Any] = {"fname": list(fnames), "shard": list(shards)}
     for key in keys:
-        out[key] = _collate([sample[key] for sample in samples])
+        out[key] = collate_column([sample[key] for sample in samples])
     for key, value in constants.items():
         out[key] = _repeat(value, batch)
     return out
 
 
 def drop_rows(batch: Mapping[str, Any], rows: Collection[int]) -> dict[str, Any]:
-    """``batch`` without the samples at ``rows``: every list and every tensor of B rows loses them.
+    """``batch`` without the samples at ``rows``: every list and every tensor of B rows loses them,
+    inside nested dicts too (``cropping_params``).
 
     ``drop_rows({"fname": ["a", "b", "c"], "real": x}, {1})`` -> ``{"fname": ["a", "c"], "real": x[[0, 2]]}``.
     """
     size = len(batch["fname"])
     keep = [i for i in range(size) if i not in rows]
+    return _keep_rows(batch, size, keep)
+
+
+def _keep_rows(batch: Mapping[str, Any], size: int, keep: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
             value = value[torch.tensor(keep, device=value.device)]
         elif isinstance(value, list) and len(value) == size:
             value = [value[i] for i in keep]
+        elif isinstance(value, Mapping):
+            value = _keep_rows(value, size, keep)
         out[key] = value
     return out

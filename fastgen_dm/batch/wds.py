@@ -19,8 +19,10 @@ decodes the members its ``key_map`` names (and nothing else) and applies ``prese
 Outcomes of :meth:`SampleSpec.decode` for the caller (the bad-data policy):
 
 - a dict: keep the sample;
-- :class:`SampleFilteredOut`: a filter dropped it; count it as filtered, not bad;
-- :class:`MissingKeyError`, :class:`BadSampleError`, or the decoder's own exception
+- :class:`SampleFilteredOut`: a filter dropped it, or it lacks a ``key_map`` member that no
+  default stands in for (FastGen's pipeline drops such samples before decoding); count it as
+  filtered, not bad;
+- :class:`BadSampleError`, or the decoder's own exception
   (``ValueError`` and subclasses such as :class:`~fastgen_dm.decode.PickleRefusedError`,
   ``RuntimeError`` from ``torch.load``, ``SafetensorError``, ...): bad data; skip and count it.
 """
@@ -54,32 +56,17 @@ FilterName = Literal["score", "empty_keys"]
 DEFAULT_TXT_EXTENSIONS: tuple[str, ...] = ("txt", "caption", "text")
 
 
-class MissingKeyError(KeyError):
-    """A sample lacks a member that ``key_map`` names (bad data).
-
-    Attributes:
-        missing: The absent suffixes, e.g. ``("latent.pth",)``.
-        present: The suffixes the sample has, sorted.
-    """
-
-    def __init__(self, message: str, missing: Sequence[str] = (), present: Sequence[str] = ()) -> None:
-        super().__init__(message, tuple(missing), tuple(present))
-        self.missing = tuple(missing)
-        self.present = tuple(present)
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return self.args[0]
-
-
 class BadSampleError(ValueError):
     """A member decoded but cannot be used (bad data), e.g. the score filter's ``json`` is not an object."""
 
 
 class SampleFilteredOut(Exception):
-    """A ``presets_filter`` dropped the sample: count it as filtered, not as bad data.
+    """A filter dropped the sample: count it as filtered, not as bad data.
 
     Attributes:
-        filter_name: The filter that dropped it (``"score"`` or ``"empty_keys"``), for per-cause counts.
+        filter_name: What dropped it, for per-cause counts: ``"score"`` or ``"empty_keys"``
+            (``presets_filter``), or ``"missing_member"`` (a ``key_map`` member is absent and no
+            ``files_map``/``presets_map`` constant stands in for it).
     """
 
     def __init__(self, filter_name: str, reason: str) -> None:
@@ -227,7 +214,8 @@ class SampleSpec:
 
     Args:
         key_map: Output key -> member suffix, e.g. ``{"real": "latent.pth", "condition": "txt_emb.pth"}``.
-            Only these members are decoded; a sample lacking one raises :class:`MissingKeyError`.
+            Only these members are decoded; a sample lacking one takes its ``defaults`` value, or
+            is filtered out.
             The suffix's last part picks the decoder (``"latent.pth"`` -> ``pth``). Suffixes match
             members exactly (WebDataset lowercases them by default; so should the reader).
         presets_filter: Filters by name, or None (the default) for none. ``"score"``:
@@ -244,6 +232,10 @@ class SampleSpec:
             ``.pth`` files holding custom classes. Only for data you trust.
         raw_keys: ``key_map`` outputs passed on as the member's bytes, undecoded: media families
             decode those themselves (e.g. ``("real",)`` for a video family's ``mp4``).
+        defaults: ``key_map`` output -> the value a sample lacking that member gets, as in
+            FastGen's ``_preprocess`` (the key's ``files_map``/``presets_map`` constant), e.g.
+            ``{"condition": "a photo"}``. A sample lacking a member without a default is
+            filtered out (:class:`SampleFilteredOut` ``"missing_member"``).
 
     Raises:
         TypeError: A bare string where a list is expected.
@@ -257,6 +249,7 @@ class SampleSpec:
     txt_extensions: Sequence[str] = DEFAULT_TXT_EXTENSIONS
     allow_pickle: Sequence[str] = ()
     raw_keys: Sequence[str] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
     _decoders: Mapping[str, Decoder] = field(init=False, repr=False, compare=False)
     _score: _Score | None = field(init=False, repr=False, compare=False)
     _empty_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -270,6 +263,9 @@ class SampleSpec:
         unknown_raw = [key for key in raw if key not in key_map]
         if unknown_raw:
             raise ValueError(f"raw_keys {unknown_raw} are not key_map outputs ({sorted(key_map)})")
+        unknown_defaults = [key for key in self.defaults if key not in key_map]
+        if unknown_defaults:
+            raise ValueError(f"defaults {unknown_defaults} are not key_map outputs ({sorted(key_map)})")
         decoders = {
             key: _passthrough if key in raw else _decoder_named(f"key_map[{key!r}]", suffix, txt, allow)
             for key, suffix in key_map.items()
@@ -280,6 +276,7 @@ class SampleSpec:
         set_("txt_extensions", txt)
         set_("allow_pickle", allow)
         set_("raw_keys", raw)
+        set_("defaults", dict(self.defaults))
         set_("_decoders", decoders)
         set_("_score", filters.get("score"))
         set_("_empty_keys", filters.get("empty_keys", ()))
@@ -328,22 +325,25 @@ class SampleSpec:
                 Members that ``key_map`` does not name are ignored (never decoded).
 
         Returns:
-            Output key -> decoded value, in ``key_map`` order.
+            Output key -> decoded value (or its ``defaults`` value when the member is absent), in
+            ``key_map`` order.
 
         Raises:
-            MissingKeyError: A ``key_map`` suffix is absent.
-            SampleFilteredOut: A filter dropped the sample.
+            SampleFilteredOut: A filter dropped the sample, or a ``key_map`` member without a
+                default is absent.
             BadSampleError: The score filter's ``json`` is not a JSON object or its score is not a number.
             Exception: The decoder's own error for an undecodable member, with a note naming the member.
         """
-        missing = [suffix for suffix in self.key_map.values() if suffix not in members]
-        if missing:
-            needed_by = ", ".join(f"{s!r} (key_map[{k!r}])" for k, s in self.key_map.items() if s in missing)
-            present = sorted(members)
-            raise MissingKeyError(f"sample has no member {needed_by}; its members: {present}", missing, present)
+        needed = [(k, s) for k, s in self.key_map.items() if s not in members and k not in self.defaults]
+        if needed:
+            named = ", ".join(f"{s!r} (key_map[{k!r}])" for k, s in needed)
+            raise SampleFilteredOut("missing_member", f"no member {named}; its members: {sorted(members)}")
         meta = self._apply_score(members)
         out: dict[str, Any] = {}
         for key, suffix in self.key_map.items():
+            if suffix not in members:
+                out[key] = self.defaults[key]
+                continue
             if suffix == "json" and meta is not None:
                 out[key] = meta
                 continue

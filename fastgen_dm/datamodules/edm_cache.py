@@ -83,7 +83,7 @@ def build_cache(
     dtype: np.dtype,
     storage_options: Mapping[str, Any] | None = None,
     num_workers: int = 0,
-    skip: Sequence[int] = (),
+    skip: Sequence[int] | np.ndarray = (),
     *,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> str:

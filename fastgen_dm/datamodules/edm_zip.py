@@ -169,9 +169,13 @@ class ImageFolderDataModule(PlannedDataModule):
             (epoch ``idx // len``, position ``idx % len``), as FastGen's sampler defines it.
         xflip: Add a horizontally mirrored copy of every item (doubles the epoch, as EDM does).
         max_size: Use at most this many items: a seeded random subset, as EDM chooses it; None uses all.
+        random_seed: EDM's (and FastGen's ``ImageLoader`` dataset kwarg) seed of the ``max_size``
+            subset; None uses ``seed``.
+        use_pyspng: EDM's choice of PNG decoder. Accepted for FastGen configs; the one image
+            opener here gives the same pixels either way.
         resolution: Expected image side in pixels; a dataset of another size is an error. None
             accepts what the dataset holds.
-        seed: Seed of the shuffle and of the ``max_size`` subset.
+        seed: Seed of the shuffle (and of the ``max_size`` subset unless ``random_seed`` is given).
         num_workers: DataLoader workers per GPU; None uses every core (up to 8), or none with
             ``cache`` (slicing the store in the main process beats shipping batches from workers).
         pin_memory: Pin batches for the copy to the GPU.
@@ -213,6 +217,8 @@ class ImageFolderDataModule(PlannedDataModule):
         xflip: bool = False,
         max_size: int | None = None,
         resolution: int | None = None,
+        random_seed: int | None = None,
+        use_pyspng: bool = True,
         seed: int = 0,
         num_workers: int | None = None,
         pin_memory: bool = True,
@@ -236,6 +242,7 @@ class ImageFolderDataModule(PlannedDataModule):
         self.sampler_start_idx = sampler_start_idx
         self.xflip = xflip
         self.max_size = max_size
+        self.random_seed, self.use_pyspng = random_seed, use_pyspng
         self.resolution = resolution
         self.tail = tail
         self.max_skip_fraction = max_skip_fraction
@@ -345,7 +352,8 @@ class ImageFolderDataModule(PlannedDataModule):
         raw_idx = np.arange(n, dtype=np.int64)
         if self.max_size is not None and n > self.max_size:
             # EDM's choice of subset: shuffle with RandomState(seed), keep the first max_size, sorted.
-            np.random.RandomState(self.seed % (1 << 31)).shuffle(raw_idx)
+            subset_seed = self.seed if self.random_seed is None else self.random_seed
+            np.random.RandomState(subset_seed % (1 << 31)).shuffle(raw_idx)
             raw_idx = np.sort(raw_idx[: self.max_size])
         return raw_idx
 

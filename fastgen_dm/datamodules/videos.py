@@ -5,7 +5,8 @@ the clip), resizes them to cover ``img_size`` and center crops. Batches::
 
     {"fname": [B keys], "shard": [B URLs],
      "real": uint8 [B, 3, sequence_length, H, W] (float32 in [-1, 1] after the transfer to the device),
-     "condition": [B strings], "cropping_params": [B dicts], "neg_condition": [B x the neg_prompt_wan string]}
+     "condition": [B strings], "neg_condition": [B x the neg_prompt_wan string],
+     "cropping_params": {"resize_w": int64 [B], "resize_h": ..., "crop_x0": ..., "crop_y0": ..., "crop_w": ..., "crop_h": ...}}
 """
 
 from __future__ import annotations
@@ -41,15 +42,17 @@ class VideoWDSDataModule(WDSDataModule):
             center-cropped.
         video_keys: ``key_map`` outputs that hold videos. With several, each gets its own
             ``<key>_cropping_params``; with one, the batch has ``cropping_params``.
-        decoder_type: ``"segment"``: a clip from a random start, drawn per sample from
+        decoder_type: Which frames (FastGen's meaning; the decoding library is ``backend``). ``"segment"``: a clip from a random start, drawn per sample from
             ``(seed, epoch, shard URL, key)`` (the same on every run and any number of workers;
             with ``resampled=True`` also from the draw number, so a video drawn again gets another clip).
-            ``"full"``: the first ``sequence_length`` frames (FastGen's ``full`` decodes the whole
+            FastGen's two choices, plus ``"full"``: the first ``sequence_length`` frames (FastGen's ``full`` decodes the whole
             video and keeps those; here only they are decoded). ``"uniform"``: ``sequence_length``
             frames evenly spaced over the whole video.
         frame_stride: Take every ``frame_stride``-th frame (1: consecutive frames); not with ``"uniform"``.
-        backend: Decoder: ``"decord"``, ``"torchcodec"`` or ``"pyav"``. All give the same
-            frames; they differ in speed (see ``benchmarks/bench_video.py``).
+        backend: Decoder: ``"torchcodec"`` (default: the fastest in ``benchmarks/bench_video.py``,
+            about 1.4x decord, and it reads the frames of damaged files that decord refuses),
+            ``"decord"`` or ``"pyav"`` (FastGen's decoder). All give the same frames. Each needs the
+            ``video`` extra (``pip install 'fastgen-dm[video]'``).
         short_video: A video with fewer frames than the clip spans: ``"skip"`` it (bad data, as
             FastGen does) or ``"pad"`` it by repeating its last frame.
         decode_timeout_s: Bound on opening a video and on decoding its clip, in seconds; None for
@@ -84,7 +87,7 @@ class VideoWDSDataModule(WDSDataModule):
         video_keys: tuple[str, ...] = ("real",),
         decoder_type: DecoderType = "segment",
         frame_stride: int = 1,
-        backend: Backend = "decord",
+        backend: Backend = "torchcodec",
         short_video: ShortVideo = "skip",
         decode_timeout_s: float | None = 30.0,
         exact_resize: bool = True,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from fastgen_dm.batch import SampleFilteredOut, SampleSpec, drop_rows, load_constants, wds_batch
+from fastgen_dm.batch import SampleFilteredOut, SampleSpec, collate_column, drop_rows, load_constants, wds_batch
 from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
 from fastgen_dm.index.datatags import (
     Shard,
@@ -24,11 +25,14 @@ from fastgen_dm.plan import Cursor, SamplePlan, ShardOrder, TailPolicy, worker_b
 from fastgen_dm.read import BadDataPolicy, keep_stepping
 from fastgen_dm.read.tar import iter_shard
 from fastgen_dm.read.wds import ShardReader
-from fastgen_dm.storage import list_shards, parse_datatag, without_redacted
+from fastgen_dm.storage import is_local, list_shards, parse_datatag, without_redacted
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_INDEX_DIR = "FASTGEN_OUTPUT/index"
+DEFAULT_INTERLEAVE = 64
+FASTGEN_SHUFFLE_SIZE = 1000  # WDSLoader's default buffer, in samples: the mixing blocks must match
+DEFAULT_SHUFFLE_BUFFER_BYTES = 256 << 20
 _NO_END = 1 << 62  # resampled streams never end: Lightning stops them with max_steps
 
 
@@ -186,6 +190,11 @@ class WDSStream(PlannedStream):
             yield from keep_stepping(batches, f"rank {self.rank} worker {worker_id}")
         finally:
             reader.close()
+            if decoder.filtered:
+                logger.info(
+                    "rank %d worker %d epoch %d: %d samples filtered out (presets_filter, or a key_map member missing)",
+                    self.rank, worker_id, plan.epoch, decoder.filtered,
+                )  # fmt: skip
             decoder.policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")
 
 
@@ -244,6 +253,12 @@ class WDSDataModule(PlannedDataModule):
     sample counts: an index (``prepare_data`` builds one for local data; ``fastgen index``
     writes one for any location) or a ``shard_count_file``.
 
+    Every argument of FastGen's ``WDSLoader``/``BaseWDSLoader`` is accepted with its meaning
+    (README, "Coming from FastGen"). A sample lacking a ``key_map`` member is filtered out, as
+    FastGen's pipeline drops it (counted apart from bad data, logged with the count, outside
+    ``max_skip_fraction``); when the key also has a ``files_map``/``presets_map`` constant, the
+    constant stands in for the missing member, as in FastGen's ``_preprocess``.
+
     Args:
         datatags: Datasets as ``"WDS:<location>"``; a location is a folder of ``.tar`` shards
             (local, ``file://``, ``s3://``, ``gs://``, ``http(s)://``). Several datatags are one dataset.
@@ -252,8 +267,10 @@ class WDSDataModule(PlannedDataModule):
             Example: ``{"real": "latent.pth", "condition": "txt_emb.pth"}``.
         files_map: Output key -> file loaded once and repeated in every batch (relative paths
             resolve against the first datatag's folder). Example: ``{"neg_condition": "neg_condition.pth"}``.
+            A key that is also in ``key_map`` is the default of samples lacking that member.
         optional_files: ``files_map`` keys whose file may be missing (then the key is left out).
-        presets_map: Output key -> preset string name (``neg_prompt_wan``, ``neg_prompt_cosmos``, ``empty_string``).
+        presets_map: Output key -> preset string name (``neg_prompt_wan``, ``neg_prompt_cosmos``, ``empty_string``);
+            like ``files_map``, a default for a ``key_map`` key of the same name.
         presets_filter: Sample filters, e.g. ``{"score": {"threshold": 5.5, "score_key": "aesthetic_score"}}``
             or ``{"empty_keys": ["condition"]}``. Filtered samples leave their batch smaller.
         txt_extensions: Suffixes decoded as UTF-8 text.
@@ -261,12 +278,19 @@ class WDSDataModule(PlannedDataModule):
         shard_start: First shard of each datatag (position in its sorted shard list).
         shard_end: Last shard of each datatag, inclusive; None for the last.
         num_shards: Truncate the shard list to this many, or repeat it cyclically up to it; None keeps all.
+        shards_per_worker: FastGen's: truncate or repeat the shard list to this many shards per
+            DataLoader worker, i.e. ``num_shards = shards_per_worker x GPUs x max(1, num_workers)``,
+            fixed at ``setup`` when the number of GPUs is known. None (default) keeps all.
         shard_count_file: JSON ``{"<shard file name>": samples}`` (relative to each datatag's folder,
             or an absolute path/URL); used where no index exists.
         ignore_index_paths: JSON files ``{"<shard file name>": ["<key>", ...]}`` of samples never
             to yield (several merge); counts account for them.
         deterministic: FastGen's fixed, unshuffled order, resumable with ``sampler_start_idx``.
-        train: False gives FastGen's single unshuffled pass for the training loader.
+        train: False gives FastGen's single unshuffled pass for the training loader. True
+            (default) trains in epoch mode; add ``resampled=True`` for FastGen's endless stream.
+        cache_path: FastGen's local folder for copies of remote shards. Readers here fetch only
+            the byte ranges they need, so there is nothing to cache: accepted (and unused) with
+            local datatags, an error with remote ones.
         resampled: Endless stream drawing shards with replacement (FastGen's training
             behaviour); no epochs, no exact resume, no counts needed.
         shuffle: Shuffle shards and samples each epoch by ``(seed, epoch)``.
@@ -275,19 +299,29 @@ class WDSDataModule(PlannedDataModule):
             several shards. Larger blocks mean fewer, larger requests (what object stores want);
             smaller ones more shards per batch. See docs/performance.md.
         interleave: Shards whose blocks alternate in the epoch's order, so consecutive batches of
-            a GPU come from many shards; it costs no request.
-        shuffle_size: FastGen's shuffle buffer, in samples. Blocks are made small enough that a
-            batch mixes at least as many shards as a buffer of this size would.
+            a GPU come from many shards; it costs no request. None: 64.
         prefetch_batches: Batches each reader keeps in flight ahead of the one it decodes.
-        shuffle_buffer_bytes: Shuffle buffer of ``resampled`` mode, in bytes.
+        shuffle_buffer_bytes: Shuffle buffer of ``resampled`` mode, in bytes. None: 256 MiB, or from ``shuffle_size``.
+        shuffle_size: FastGen's shuffle buffer, in samples. Epoch mode has no buffer: blocks are
+            made small enough that a batch mixes at least as many shards as a buffer of this size
+            would (0: blocks as large as ``read_block_bytes`` and half a batch allow). Resampled
+            mode: ``shuffle_buffer_bytes = shuffle_size x`` the mean sample size. None: 1000 for
+            the blocks, ``shuffle_buffer_bytes`` for resampled mode.
         sampler_start_idx: Global sample count to start at when no checkpoint is restored.
         seed: Seed of every shuffle.
         tail: Last step when it does not fill every GPU: "pad" or "drop" (see ``ImageFolderDataModule``).
+            None: from ``partial``, else "pad".
+        partial: FastGen's name for ``tail``: False drops the incomplete last step
+            (``tail="drop"``), True delivers it smaller (``tail="pad"``: every GPU gets a smaller
+            last batch). None (default): ``tail`` decides.
+        empty_check: FastGen's (webdataset's) check that no worker is left without shards. Here
+            the plan splits samples, not shards, so no worker is ever left without work; both
+            values behave the same, and a dataset with no samples is an error at ``setup``.
         val_datatags: Datatags of a validation set (same options): every sample once across
             GPUs, unshuffled, nothing dropped.
-        max_skip_fraction: Share of bad samples (truncated, undecodable, missing keys) tolerated,
-            skipped and counted, before an error stops training. It holds over each GPU's whole
-            run (every epoch, worker and resume), after a grace of 1000 samples.
+        max_skip_fraction: Share of bad samples (truncated, undecodable) tolerated, skipped and
+            counted, before an error stops training. It holds over each GPU's whole run (every
+            epoch, worker and resume), after a grace of 1000 samples. Filtered samples do not count.
         skipped_index_dir: Folder where each reader writes the keys it skipped, in the
             ignore-index format that ``ignore_index_paths`` accepts.
         index_dir: Where ``prepare_data`` stores indexes of local datatags.
@@ -331,20 +365,24 @@ class WDSDataModule(PlannedDataModule):
         shard_start: int = 0,
         shard_end: int | None = None,
         num_shards: int | None = None,
+        shards_per_worker: int | None = None,
         shard_count_file: str | None = None,
         ignore_index_paths: list[str] | None = None,
         deterministic: bool = False,
         train: bool = True,
+        cache_path: str | None = None,
         resampled: bool = False,
         shuffle: bool = True,
         read_block_bytes: int = 2 << 20,
-        interleave: int = 64,
-        shuffle_size: int = 1000,
+        interleave: int | None = None,
         prefetch_batches: int = 2,
-        shuffle_buffer_bytes: int = 256 << 20,
+        shuffle_buffer_bytes: int | None = None,
+        shuffle_size: int | None = None,
         sampler_start_idx: int = 0,
         seed: int = 0,
-        tail: TrainingTail = "pad",
+        tail: TrainingTail | None = None,
+        partial: bool | None = None,
+        empty_check: bool = True,
         val_datatags: list[str] | None = None,
         max_skip_fraction: float = 0.01,
         skipped_index_dir: str | None = None,
@@ -371,14 +409,14 @@ class WDSDataModule(PlannedDataModule):
         self.optional_files = list(optional_files or (self.default_files_map if files_map is None else []))
         self.presets_map = dict(self.default_presets_map if presets_map is None else presets_map)
         self.shard_start, self.shard_end, self.num_shards = shard_start, shard_end, num_shards
+        self.shards_per_worker, self.cache_path, self.empty_check = shards_per_worker, cache_path, empty_check
         self.shard_count_file = shard_count_file
         self.ignore_index_paths = list(ignore_index_paths or [])
         self.resampled = resampled
         self.read_block_bytes, self.interleave, self.prefetch_batches = read_block_bytes, interleave, prefetch_batches
-        self.shuffle_size = shuffle_size
-        self.shuffle_buffer_bytes = shuffle_buffer_bytes
+        self.shuffle_buffer_bytes, self.shuffle_size = shuffle_buffer_bytes, shuffle_size
         self.sampler_start_idx = sampler_start_idx
-        self.tail = tail
+        self.tail: TailPolicy = _tail_from(tail, partial)
         self.max_skip_fraction = max_skip_fraction
         self.skipped_index_dir = skipped_index_dir
         self.index_dir = index_dir or DEFAULT_INDEX_DIR
@@ -397,12 +435,26 @@ class WDSDataModule(PlannedDataModule):
             raise ValueError("datatags is empty; give at least one 'WDS:<location>'")
         if self.resampled and not train:
             raise ValueError("resampled=True streams endlessly and cannot make the single pass of train=False")
-        overlap = set(self.files_map) & set(self.spec.key_map) | set(self.presets_map) & set(self.spec.key_map)
-        if overlap:
-            raise ValueError(f"keys {sorted(overlap)} are both in key_map and in files_map/presets_map; each output key has one source")
-        for name in ("read_block_bytes", "interleave", "shuffle_size", "shuffle_buffer_bytes"):
-            if getattr(self, name) < 1:
+        for name in ("read_block_bytes", "interleave", "shuffle_buffer_bytes", "shards_per_worker"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.shuffle_size is not None:
+            if self.shuffle_size < 0:
+                raise ValueError(f"shuffle_size must be >= 0 samples (0: no sample shuffle), got {self.shuffle_size}")
+            if self.shuffle_buffer_bytes is not None:
+                raise ValueError(
+                    f"shuffle_size={self.shuffle_size} sets shuffle_buffer_bytes; give one of shuffle_size and shuffle_buffer_bytes, not both"
+                )
+        if self.shards_per_worker is not None and self.num_shards is not None:
+            raise ValueError(
+                f"shards_per_worker={self.shards_per_worker} sets num_shards; give one of shards_per_worker and num_shards={self.num_shards}, not both"
+            )
+        remote = [tag for tag in [*self.datatags, *self.val_datatags] if not is_local(parse_datatag(tag))]
+        if self.cache_path is not None and remote:
+            raise ValueError(
+                f"cache_path={self.cache_path!r}: shards are read by byte range, never copied whole, so there is "
+                f"nothing to cache for {remote[0]!r}; leave cache_path None"
+            )
         if self.prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
         if self.sampler_start_idx < 0:
@@ -428,9 +480,15 @@ class WDSDataModule(PlannedDataModule):
                     logger.warning("%s is damaged at byte %d: only its %d samples before that are used", shard.url, shard.truncated_at, shard.count)
             save_index(local_index_path(self.index_dir, location), shards, self.storage_options)
 
-    def _resolve(self, datatags: Sequence[str], need_counts: bool) -> list[Shard]:
+    def _num_shards(self) -> int | None:
+        """``num_shards``, or ``shards_per_worker`` times every worker of every GPU."""
+        if self.shards_per_worker is None:
+            return self.num_shards
+        return self.shards_per_worker * self.placement()[1] * max(1, self.num_workers)
+
+    def _resolve(self, datatags: Sequence[str], need_counts: bool, num_shards: int | None = None) -> list[Shard]:
         return resolve_datatags(
-            datatags, self.shard_start, self.shard_end, self.num_shards, self.shard_count_file,
+            datatags, self.shard_start, self.shard_end, num_shards, self.shard_count_file,
             self.ignore_index_paths, self.index_dir, self.storage_options, need_counts,
         )  # fmt: skip
 
@@ -442,8 +500,12 @@ class WDSDataModule(PlannedDataModule):
         )  # fmt: skip
 
     def _source(self, shards: Sequence[Shard], constants: Mapping[str, Any]) -> SampleSource:
+        # a constant named like a key_map output is the default of samples lacking that member
+        defaults = {key: value for key, value in constants.items() if key in self.spec.key_map}
+        spec = dataclasses.replace(self.spec, defaults=defaults)
+        constants = {key: value for key, value in constants.items() if key not in defaults}
         return SampleSource(
-            tuple(shards), self.spec, constants, self.batch_size, self.seed, self.max_skip_fraction,
+            tuple(shards), spec, constants, self.batch_size, self.seed, self.max_skip_fraction,
             self.storage_options, self.sample_transform(), self.offsets_dir,
         )  # fmt: skip
 
@@ -451,6 +513,18 @@ class WDSDataModule(PlannedDataModule):
     def offsets_dir(self) -> str:
         """Node-local folder of the offsets that readers find by walking unindexed shards."""
         return str(Path(self.index_dir) / "offsets")
+
+    def _shuffle_buffer_bytes(self, shards: Sequence[Shard], probed_sizes: Sequence[int]) -> int:
+        """``shuffle_buffer_bytes``; from ``shuffle_size``, that many samples of the mean size of the
+        samples :meth:`_check_keys` read (their members' bytes, what the buffer counts), else of
+        the shards' bytes per sample."""
+        if self.shuffle_size is None:
+            return DEFAULT_SHUFFLE_BUFFER_BYTES if self.shuffle_buffer_bytes is None else self.shuffle_buffer_bytes
+        if probed_sizes:
+            mean_bytes = sum(probed_sizes) / len(probed_sizes)
+        else:
+            mean_bytes = sum(s.size for s in shards) / max(1, sum(s.count for s in shards))
+        return max(1, int(self.shuffle_size * mean_bytes))
 
     def _block(self, shards: Sequence[Shard]) -> int:
         """Samples per block: ``read_block_bytes`` of average samples, so few enough that a batch
@@ -460,37 +534,44 @@ class WDSDataModule(PlannedDataModule):
         per_shard = samples / max(len(shards), 1)
         # A buffer of n samples holds samples from about the last 2n of its stream, so a batch drawn
         # from it spans about 1 + 2n / per_shard shards.
-        like_buffer = int(self.batch_size * per_shard / (per_shard + 2 * self.shuffle_size))
+        buffer = FASTGEN_SHUFFLE_SIZE if self.shuffle_size is None else self.shuffle_size
+        like_buffer = int(self.batch_size * per_shard / (per_shard + 2 * buffer))
         return max(1, min(self.read_block_bytes // mean_bytes, self.batch_size // 2, like_buffer))
 
-    def _check_keys(self, shards: Sequence[Shard], probes: int = 3) -> None:
-        """Fail early when a ``key_map`` suffix is in none of the first samples of a few shards."""
+    def _check_keys(self, shards: Sequence[Shard], defaulted: Collection[str], probes: int = 3) -> list[int]:
+        """Fail early when a ``key_map`` suffix (of a key without a default) is in none of the
+        first samples of a few shards; return those samples' sizes in bytes."""
         reader = ShardReader(self.storage_options, offsets_dir=self.offsets_dir)
         seen: set[str] = set()
+        sizes: list[int] = []
         checked = [s for s in shards if s.count or s.index is None][:probes]
         for shard in checked:
             _, members = reader.read(shard, [0])[0]
             if isinstance(members, dict):
                 seen |= set(members)
-        missing = [suffix for suffix in self.spec.key_map.values() if suffix not in seen]
+                sizes.append(sum(map(len, members.values())))
+        reader.close()
+        missing = [suffix for key, suffix in self.spec.key_map.items() if suffix not in seen and key not in defaulted]
         if seen and missing:
             raise ValueError(
                 f"key_map: no sample of the {len(checked)} shards checked has {missing}; their members are "
                 f"{sorted(seen)}. Fix key_map (output key -> member suffix)"
             )
+        return sizes
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_stream is not None:
             return
         constants = self._constants()
-        shards = self._resolve(self.datatags, need_counts=not self.resampled)
-        self._check_keys(shards)
+        shards = self._resolve(self.datatags, need_counts=not self.resampled, num_shards=self._num_shards())
+        probed_sizes = self._check_keys(shards, defaulted=constants.keys())
         source = self._source(shards, constants)
         if self.resampled:
-            self.train_stream = ResampledWDSStream(source, self.shuffle_buffer_bytes)
+            self.train_stream = ResampledWDSStream(source, self._shuffle_buffer_bytes(shards, probed_sizes))
         else:
+            block = self._block(shards)
             stream = WDSStream(
-                source, shuffle=self.shuffle, tail=self.tail, block=self._block(shards), interleave=self.interleave,
+                source, shuffle=self.shuffle, tail=self.tail, block=block, interleave=DEFAULT_INTERLEAVE if self.interleave is None else self.interleave,
                 prefetch_batches=self.prefetch_batches, skipped_index_dir=self.skipped_index_dir,
             )  # fmt: skip
             if stream.num_samples == 0:
@@ -500,7 +581,7 @@ class WDSDataModule(PlannedDataModule):
                 self.cursor = Cursor(self.sampler_start_idx // n, self.sampler_start_idx % n)
             self.train_stream = stream
         if self.val_datatags:
-            val_source = self._source(self._resolve(self.val_datatags, need_counts=True), constants)
+            val_source = self._source(self._resolve(self.val_datatags, need_counts=True, num_shards=self._num_shards()), constants)
             self.val_stream = WDSStream(val_source, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -533,8 +614,7 @@ class WDSDataModule(PlannedDataModule):
             return dict(self._last_decoded)
         batch = drop_rows({**batch, **values}, failures)
         for key in values:
-            if all(isinstance(v, torch.Tensor) for v in batch[key]):
-                batch[key] = torch.stack(batch[key])
+            batch[key] = collate_column(batch[key])
         self._last_decoded = dict(batch)
         return batch
 
@@ -552,3 +632,15 @@ class WDSDataModule(PlannedDataModule):
         if self.val_stream is None:
             return []
         return self.make_loader(self.val_stream, None)
+
+
+def _tail_from(tail: TailPolicy | None, partial: bool | None) -> TailPolicy:
+    """``tail``, or the tail policy of FastGen's ``partial``; "pad" when neither is given.
+
+    ``(None, False)`` -> "drop"; ``(None, True)`` -> "pad"; ``("drop", False)`` -> "drop";
+    ``("pad", False)`` -> ValueError (they disagree).
+    """
+    implied: TailPolicy | None = None if partial is None else ("pad" if partial else "drop")
+    if tail is not None and implied is not None and tail != implied:
+        raise ValueError(f"partial={partial} means tail={implied!r} but tail={tail!r}; give one of partial and tail")
+    return tail or implied or "pad"

@@ -2,7 +2,7 @@
 
 ::
 
-    with open_video(data, "decord", timeout_s=30) as video:   # data: the bytes of an mp4/webm/avi/mov
+    with open_video(data, "torchcodec", timeout_s=30) as video:   # data: the bytes of an mp4/webm/avi/mov
         video.num_frames, video.fps                           # 120, 24.0
         video.get_frames([40, 41, 42])                        # uint8 [3, H, W, 3], RGB
 
@@ -121,7 +121,7 @@ class VideoSource:
         self.timeout_s = timeout_s
         self._broken: str | None = None
 
-    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         """The frames at ``indices`` (any order, repeats allowed), uint8 [len(indices), H, W, 3] RGB.
 
         Raises:
@@ -228,7 +228,7 @@ class _TorchcodecSource(VideoSource):
         from torchcodec.decoders import VideoDecoder
 
         try:  # "exact" scans every packet once: a frame count and a frame index from the content
-            self._decoder = VideoDecoder(
+            self._decoder: Any = VideoDecoder(  # Any: close() drops it
                 data, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=_DECODE_THREADS, device=device
             )
         except (RuntimeError, ValueError) as err:
@@ -392,7 +392,8 @@ assert set(_SOURCES) == set(BACKENDS) == set(BACKEND_MODULES)
 
 
 def validate_backend(backend: str) -> None:
-    """Raise ValueError for an unknown backend and ImportError for one that is not installed."""
+    """Raise ValueError for an unknown backend and ImportError (naming the ``video`` extra) for one
+    that is not installed."""
     if backend not in _SOURCES:
         raise ValueError(f"video backend {backend!r} is unknown; use one of {list(BACKENDS)}")
     import importlib.util
@@ -400,18 +401,18 @@ def validate_backend(backend: str) -> None:
     if importlib.util.find_spec(BACKEND_MODULES[backend]) is None:
         raise ImportError(
             f"video backend {backend!r} needs the {BACKEND_MODULES[backend]!r} package, which is not installed; "
-            f"install it or pick another of {list(BACKENDS)}"
+            f"install the video extra: pip install 'fastgen-dm[video]'"
         )
 
 
 def open_video(
-    data: bytes, backend: Backend = "decord", *, timeout_s: float | None = None, device: torch.device | str = "cpu"
+    data: bytes, backend: Backend = "torchcodec", *, timeout_s: float | None = None, device: torch.device | str = "cpu"
 ) -> VideoSource:
     """Open a video held in memory.
 
     Args:
         data: The container's bytes (mp4, webm, mkv, avi, mov, ...).
-        backend: ``"decord"``, ``"torchcodec"`` or ``"pyav"``; all give the same frames.
+        backend: ``"torchcodec"`` (the fastest), ``"decord"`` or ``"pyav"``; all give the same frames.
         timeout_s: Bound on opening and on each :meth:`VideoSource.get_frames` call, in seconds;
             None for no bound. See the module notes for what a timeout can and cannot stop.
         device: Where frames are decoded and returned: ``"cpu"``, or a CUDA device with the
@@ -420,11 +421,11 @@ def open_video(
 
     Raises:
         ValueError: An unknown backend, or a device other than the CPU with another backend.
+        ImportError: The backend's package is not installed (the ``video`` extra).
         VideoDecodeError: Empty bytes, no video stream, no frames, or a container that does not open.
         DecodeTimeoutError: Opening took longer than ``timeout_s``.
     """
-    if backend not in _SOURCES:
-        raise ValueError(f"video backend {backend!r} is unknown; use one of {list(BACKENDS)}")
+    validate_backend(backend)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"open_video needs the video's bytes, got {type(data).__name__}")
     on_cpu = torch.device(device).type == "cpu"
@@ -432,7 +433,8 @@ def open_video(
         raise ValueError(f"video decoding on {device} needs backend='torchcodec' (NVDEC), got backend={backend!r}")
     if len(data) == 0:
         raise VideoDecodeError("the video member is empty (0 bytes)")
-    make = _SOURCES[backend] if on_cpu else functools.partial(_TorchcodecSource, device=device)
+    # each source takes (bytes, timeout_s); the base class's own __init__ takes counts
+    make: Callable[..., VideoSource] = _SOURCES[backend] if on_cpu else functools.partial(_TorchcodecSource, device=device)
     source = _bounded(lambda: make(bytes(data), timeout_s), timeout_s, f"{backend} opening")
     if source.num_frames < 1:
         source.close()

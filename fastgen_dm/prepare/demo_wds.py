@@ -34,13 +34,13 @@ seed, and the tars (fixed mtime, owner and order) are the same bytes on every ru
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
 import logging
 import os
 import re
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, get_args
@@ -48,6 +48,7 @@ from typing import Literal, get_args
 import numpy as np
 import PIL.Image
 import torch
+import webdataset
 from tqdm import tqdm
 
 from fastgen_dm.prepare.demo import _rgb, draw_shape
@@ -165,6 +166,13 @@ def _samples(
         yield members
 
 
+def _draw(
+    label: int, centre: np.ndarray, angle: float, *, radius: float, foreground: tuple[int, int, int], background: tuple[int, int, int]
+) -> PIL.Image.Image:
+    """Class ``label``'s shape at ``centre``, turned by ``angle``, on ``background``."""
+    return draw_shape(_MEDIA_SHAPES[label], MEDIA_SIZE, tuple(centre), radius, angle, foreground, background)
+
+
 def _media_samples(kind: str, num_samples: int, seed: int) -> Iterator[list[tuple[str, bytes]]]:
     """For each sample: a JPEG (``jpg``) or an h264 mp4 (``mp4``) of a drawn shape, ``txt``, ``json``."""
     width, height = MEDIA_SIZE
@@ -177,18 +185,17 @@ def _media_samples(kind: str, num_samples: int, seed: int) -> Iterator[list[tupl
         margin = radius * 1.1 + 2
         low, high = np.array([margin, margin]), np.array([width - margin, height - margin])
         start, angle = rng.uniform(low, high), rng.uniform(-0.2, 0.2)
-
-        def draw(centre: np.ndarray, turn: float = 0.0) -> PIL.Image.Image:
-            return draw_shape(_MEDIA_SHAPES[label], MEDIA_SIZE, tuple(centre), radius, angle + turn, foreground, background)
+        # bound now: the frames are drawn lazily, by the consumer of a generator
+        draw = functools.partial(_draw, label, radius=radius, foreground=foreground, background=background)
 
         if kind == "images":
             buffer = io.BytesIO()
-            draw(start).save(buffer, "JPEG", quality=90)
+            draw(start, angle).save(buffer, "JPEG", quality=90)
             media = ("jpg", buffer.getvalue())
         else:  # the shape glides to another point and turns
             end, spin = rng.uniform(low, high), rng.uniform(-1.0, 1.0) * np.pi / 2
             steps = np.linspace(0.0, 1.0, VIDEO_FRAMES)
-            media = ("mp4", h264_mp4(np.asarray(draw(start + (end - start) * t, spin * t)) for t in steps))
+            media = ("mp4", h264_mp4(np.asarray(draw(start + (end - start) * t, angle + spin * t)) for t in steps))
         caption = f"{_STYLES[int(rng.integers(len(_STYLES)))]} {_CAPTIONS[label]}"
         score = round(float(rng.uniform(3.0, 7.0)), 4)
         yield [media, ("txt", caption.encode("utf-8")), ("json", json.dumps({"aesthetic_score": score}).encode("utf-8"))]
@@ -200,7 +207,10 @@ def h264_mp4(frames: Iterable[np.ndarray], fps: int = VIDEO_FPS, gop: int = VIDE
     Made with PyAV (its wheels carry libx264), so no ffmpeg command is needed. Frames are
     consumed one at a time. ``gop``: frames between keyframes; ``qp``: the constant quantizer.
     """
-    import av
+    try:
+        import av
+    except ImportError:
+        raise ImportError("writing demo videos needs PyAV; install the video extra: pip install 'fastgen-dm[video]'") from None
 
     frames = iter(frames)
     first = next(frames)
@@ -219,16 +229,6 @@ def h264_mp4(frames: Iterable[np.ndarray], fps: int = VIDEO_FPS, gop: int = VIDE
             container.mux(stream.encode(picture))
         container.mux(stream.encode())
     return buffer.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = _MTIME
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -359,10 +359,10 @@ def _write_shards(
             first, stop = s * samples_per_shard, min((s + 1) * samples_per_shard, num_samples)
             tmp = shard.with_name(f".{shard.name}.part-{os.getpid()}")
             try:
-                with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                # a fixed mtime and owner: the tar's bytes do not depend on the clock or the user
+                with open(tmp, "wb") as stream, webdataset.TarWriter(stream, user="", group="", mtime=_MTIME, encoder=False) as tar:
                     for i in range(first, stop):
-                        for suffix, data in next(samples):
-                            _add_member(tar, f"{i:08d}.{suffix}", data)
+                        tar.write({"__key__": f"{i:08d}", **dict(next(samples))})
                         bar.update(1)
                 os.replace(tmp, shard)
             finally:

@@ -33,11 +33,12 @@ def _check_url(url: str) -> None:
 
 
 #: botocore settings every ``s3://`` filesystem starts from; ``storage_options["config_kwargs"]``
-#: overrides any of them. botocore does not retry (``total_max_attempts`` 1): s3fs retries each call
-#: ``S3_RETRIES`` times with backoff, so a stalled store fails after at most about
-#: ``S3_RETRIES ** 2 * (connect_timeout + read_timeout)`` instead of hanging.
-S3_CONFIG_DEFAULTS: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 20, "retries": {"mode": "standard", "total_max_attempts": 1}}
-S3_RETRIES = 3
+#: overrides any of them. botocore retries throttling, 5xx answers, resets and timeouts
+#: (standard mode, 3 attempts, backoff with jitter); s3fs retries each call ``S3_RETRIES``
+#: times on top, which also covers a body cut mid-read. A stalled store therefore fails after at
+#: most ``S3_RETRIES ** 2 * 3 * (connect_timeout + read_timeout)`` (4 minutes) instead of hanging.
+S3_CONFIG_DEFAULTS: dict[str, Any] = {"connect_timeout": 5, "read_timeout": 15, "retries": {"mode": "standard", "total_max_attempts": 3}}
+S3_RETRIES = 2
 
 
 class StorageReadError(OSError):

@@ -14,7 +14,7 @@ them. FastGen's layout::
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -212,13 +212,14 @@ class VideoClipTransform:
     decoder_type: DecoderType = "segment"
     frame_stride: int = 1
     short_video: ShortVideo = "skip"
-    backend: Backend = "decord"
+    backend: Backend = "torchcodec"
     decode_timeout_s: float | None = 30.0
     seed: int = 0
     scale: bool = False
     interpolation: Interpolation = "bicubic"
     exact_resize: bool = True
     defer: bool = False
+    _draws: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_draws", [0])  # plain-bytes draws seen by this copy (per process)

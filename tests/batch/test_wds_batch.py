@@ -16,7 +16,6 @@ from safetensors.torch import save as safetensors_save
 
 from fastgen_dm.batch.wds import (
     BadSampleError,
-    MissingKeyError,
     PresetName,
     SampleFilteredOut,
     SampleSpec,
@@ -115,17 +114,30 @@ def test_members_needed_adds_json_for_the_score_filter():
     assert SampleSpec(key_map={"c": "txt"}, presets_filter={"empty_keys": ["c"]}).members_needed() == {"txt"}
 
 
-def test_missing_key_names_the_suffix_and_the_present_ones():
+def test_missing_member_is_filtered_out_naming_the_suffix_and_the_present_ones():
     spec = SampleSpec(key_map={"real": "latent.pth", "condition": "txt_emb.pth"})
     with pytest.raises(
-        MissingKeyError,
-        match=re.escape("sample has no member 'txt_emb.pth' (key_map['condition']); its members: ['jpg', 'latent.pth']"),
+        SampleFilteredOut,
+        match=re.escape("missing_member: no member 'txt_emb.pth' (key_map['condition']); its members: ['jpg', 'latent.pth']"),
     ) as info:
         spec.decode({"latent.pth": pth(torch.zeros(1)), "jpg": b""})
-    assert isinstance(info.value, KeyError)
-    assert info.value.missing == ("txt_emb.pth",) and info.value.present == ("jpg", "latent.pth")
+    assert info.value.filter_name == "missing_member"
     again = pickle.loads(pickle.dumps(info.value))  # crosses worker boundaries intact
-    assert str(again) == str(info.value) and again.missing == ("txt_emb.pth",)
+    assert str(again) == str(info.value) and again.filter_name == "missing_member"
+
+
+def test_a_default_stands_in_for_a_missing_member_and_the_member_wins_when_present():
+    spec = SampleSpec(key_map={"real": "npy", "condition": "txt"}, defaults={"condition": "fallback"})
+    assert spec.decode({"npy": npy(np.zeros(2)), "txt": b"a cat"})["condition"] == "a cat"
+    decoded = spec.decode({"npy": npy(np.zeros(2))})
+    assert list(decoded) == ["real", "condition"] and decoded["condition"] == "fallback"
+    with pytest.raises(SampleFilteredOut, match=re.escape("missing_member: no member 'npy' (key_map['real'])")):
+        spec.decode({"txt": b"a cat"})  # "real" has no default
+
+
+def test_defaults_must_name_key_map_outputs():
+    with pytest.raises(ValueError, match=re.escape("defaults ['neg'] are not key_map outputs (['real'])")):
+        SampleSpec(key_map={"real": "npy"}, defaults={"neg": ""})
 
 
 def test_undecodable_member_raises_the_decoders_error_with_a_note():
@@ -275,10 +287,11 @@ def test_empty_keys_filter(config, member, suffix, dropped):
         assert "condition" in spec.decode(members)
 
 
-def test_missing_key_is_bad_even_when_a_filter_would_drop():
+def test_missing_member_is_filtered_before_the_score_filter_reads_json():
     spec = SampleSpec(key_map={"real": "npy"}, presets_filter=SCORE)
-    with pytest.raises(MissingKeyError):
+    with pytest.raises(SampleFilteredOut) as info:
         spec.decode({"json": js({"aesthetic_score": 0})})
+    assert info.value.filter_name == "missing_member"
 
 
 # --- presets -------------------------------------------------------------------------------------
@@ -402,7 +415,7 @@ def test_wds_batch_layout_shapes_and_types():
     assert batch["real"].shape == (3, 4, 2, 2) and batch["real"][2].eq(2).all()
     assert isinstance(batch["emb"], torch.Tensor) and batch["emb"].shape == (3, 3) and batch["emb"].dtype == torch.float32
     assert batch["caption"] == ["caption 0", "caption 1", "caption 2"]
-    assert batch["meta"] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert batch["meta"]["i"].tolist() == [0, 1, 2]  # dicts with the same keys collate per key, as in FastGen
     assert isinstance(batch["tokens"], list) and [t.shape[0] for t in batch["tokens"]] == [1, 2, 3]
     assert batch["label"].dtype == torch.int64 and batch["label"].tolist() == [0, 1, 2]
     assert batch["neg_condition"].shape == (3, 5, 8) and torch.equal(batch["neg_condition"][1], neg)

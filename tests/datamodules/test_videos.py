@@ -100,6 +100,13 @@ def skipped_keys(tmp_path):
     return sorted(k for path in (tmp_path / "skipped").glob("*.json") for keys in json.loads(path.read_text()).values() for k in keys)
 
 
+def param_rows(params):
+    """FastGen's ``cropping_params`` (a dict of int64 [B] tensors) as B dicts, checking the layout."""
+    assert list(params) == ["resize_w", "resize_h", "crop_x0", "crop_y0", "crop_w", "crop_h"]
+    assert all(v.dtype == torch.int64 and v.dim() == 1 for v in params.values())
+    return [dict(zip(params, values)) for values in zip(*(v.tolist() for v in params.values()))]
+
+
 def expected_clip(data, seed, epoch, url, key):
     """What the clip of one sample must be: its seeded start, frames from sequential decoding, resize, crop."""
     ref = sequential(data)
@@ -119,7 +126,8 @@ def test_batches_hold_seeded_clips_once_each_and_bad_videos_are_skipped_and_coun
     for batch in batches:
         n = len(batch["fname"])
         assert batch["real"].dtype == torch.uint8 and batch["real"].shape == (n, 3, LENGTH, SIZE[1], SIZE[0])
-        assert batch["cropping_params"] == [PARAMS] * n
+        assert param_rows(batch["cropping_params"]) == [PARAMS] * n
+        assert batch["cropping_params"]["crop_x0"].shape == (n,)
         assert batch["neg_condition"] == [preset("neg_prompt_wan")] * n
         assert batch["neg_condition"][0].startswith("Bright tones, overexposed, static, blurred details, subtitles")
         for i, (url, key) in enumerate(zip(batch["shard"], batch["fname"])):
@@ -167,7 +175,7 @@ def test_each_video_key_gets_its_own_cropping_params(media, tmp_path):
     dm = make(folder, tmp_path, key_map={"real": "mp4", "first": "ref.mp4", "condition": "txt"}, video_keys=("real", "first"), backend="pyav")
     batch = next(iter(dm.train_dataloader()))
     assert "cropping_params" not in batch
-    assert batch["real_cropping_params"] == batch["first_cropping_params"] == [PARAMS] * 2
+    assert param_rows(batch["real_cropping_params"]) == param_rows(batch["first_cropping_params"]) == [PARAMS] * 2
     assert batch["first"].shape == batch["real"].shape == (2, 3, LENGTH, SIZE[1], SIZE[0])
     assert dm.device_scaled_keys == ("real", "first")
 
@@ -237,14 +245,15 @@ def device_clips(dm):
     for raw in dm.train_dataloader():
         assert all(isinstance(v, EncodedVideo) for v in raw["real"]) and "cropping_params" not in raw  # workers only read
         batch = dm.on_after_batch_transfer(raw, 0)
-        assert batch["real"].dtype == torch.float32 and len(batch["cropping_params"]) == len(batch["fname"])
-        out.update((k, (c, p)) for k, c, p in zip(batch["fname"], batch["real"], batch["cropping_params"]))
+        params = param_rows(batch["cropping_params"])
+        assert batch["real"].dtype == torch.float32 and len(params) == len(batch["fname"])
+        out.update((k, (c, p)) for k, c, p in zip(batch["fname"], batch["real"], params))
     return out
 
 
 def test_decoding_after_the_transfer_gives_the_workers_clips_and_counts_bad_videos(shards, tmp_path):
     in_workers = make(shards, tmp_path / "a", backend="torchcodec", seed=3, num_workers=2)
-    expected = {k: (c, p) for b in in_workers.train_dataloader() for k, c, p in zip(b["fname"], b["real"], b["cropping_params"])}
+    expected = {k: (c, p) for b in in_workers.train_dataloader() for k, c, p in zip(b["fname"], b["real"], param_rows(b["cropping_params"]))}
     on_device = make(shards, tmp_path / "b", backend="torchcodec", seed=3, num_workers=2, decode_on_device=True)
     got = device_clips(on_device)
     assert got.keys() == expected.keys() and len(got) == 9
@@ -284,7 +293,7 @@ def test_nvdec_clips_are_the_cpu_clips_up_to_hardware_rounding(shards, tmp_path)
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"decode_on_device": True}, "decode_on_device=True decodes with torchcodec's CUDA decoder and scales on the device"),
+        ({"decode_on_device": True, "backend": "pyav"}, "decode_on_device=True decodes with torchcodec's CUDA decoder and scales on the device"),
         ({"decode_on_device": True, "backend": "torchcodec", "normalize_on_device": False}, "normalize_on_device=True (got False)"),
         ({"sequence_length": 0}, "sequence_length must be an integer >= 1 (frames per clip), got 0"),
         ({"img_size": (832,)}, "img_size must be (width, height) in pixels, two integers >= 1, got (832,)"),
@@ -305,7 +314,7 @@ def test_fastgen_defaults():
     dm = VideoWDSDataModule(["WDS:/nowhere"])
     assert (dm.batch_size, dm.num_workers, dm.sequence_length, dm.img_size) == (2, 2, 81, (832, 480))
     assert dm.spec.key_map == {"real": "mp4", "condition": "txt"} and dm.presets_map == {"neg_condition": "neg_prompt_wan"}
-    assert (dm.decoder_type, dm.backend, dm.short_video, dm.frame_stride, dm.normalize_on_device) == ("segment", "decord", "skip", 1, True)
+    assert (dm.decoder_type, dm.backend, dm.short_video, dm.frame_stride, dm.normalize_on_device) == ("segment", "torchcodec", "skip", 1, True)
 
 
 # --- clip choice and geometry (pure) -------------------------------------------------------------
@@ -381,3 +390,13 @@ def test_full_and_uniform_clips(media, decoder_type, stride, expected):
     ref = sequential(media["good"][1])  # 41 frames
     clip = transform({"real": media["good"][1]})["real"]
     assert torch.equal(clip, resize_crop(torch.from_numpy(ref[list(expected)]), SIZE)[0])
+
+
+def test_the_default_backend_is_torchcodec_and_a_missing_one_names_the_video_extra(shards, monkeypatch):
+    import importlib.util
+
+    assert VideoWDSDataModule([f"WDS:{shards}"]).backend == "torchcodec"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "decord" else real_find_spec(name, *a))
+    with pytest.raises(ImportError, match=re.escape("video backend 'decord' needs the 'decord' package, which is not installed; install the video extra: pip install 'fastgen-dm[video]'")):
+        VideoWDSDataModule([f"WDS:{shards}"], backend="decord")

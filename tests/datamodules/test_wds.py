@@ -11,23 +11,12 @@ import fastgen_dm.read.wds as read_wds
 from fastgen_dm.datamodules.latents import ImageLatentDataModule, PairDataModule, PathDataModule, VideoLatentDataModule
 from fastgen_dm.datamodules.wds import WDSDataModule
 from fastgen_dm.prepare.demo_wds import write_demo_shards
-
-NUM = 230  # 4 shards of 50 and a last one of 30: uneven on purpose
-
-
-@pytest.fixture(scope="module")
-def latent_shards(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("image_latent")
-    write_demo_shards(folder, "image_latent", num_samples=NUM, samples_per_shard=50)
-    return folder
+from helpers import LATENT_SHARD_SAMPLES as NUM
+from helpers import make_wds
 
 
 def make(folder, tmp_path, cls=ImageLatentDataModule, **kwargs):
-    kwargs = {"batch_size": 16, "num_workers": 0, "index_dir": str(tmp_path / "index"), **kwargs}
-    dm = cls(datatags=[f"WDS:{folder}"], **kwargs)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return make_wds(folder, tmp_path, cls, **kwargs)
 
 
 def ids_of(loader):
