@@ -8,7 +8,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from fastgen_dm import __version__
 
@@ -62,7 +62,7 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def unknown_datamodule(argv: list[str]) -> str | None:
+def unknown_datamodule(argv: Sequence[str]) -> str | None:
     """An error for ``--data NAME`` (or ``--data.help NAME``) naming no DataModule of the package, else None.
 
     Dotted values (class paths, config files) are left to LightningCLI.

@@ -12,7 +12,9 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from typing import Any, Mapping, Sequence
+from typing import Any, BinaryIO, Mapping, Sequence, cast
+
+import numpy as np
 
 from fastgen_dm.format.tar import INDEX_BLOCK_BYTES, ShardReadError, sample_members, scan_members
 from fastgen_dm.index.shard_index import KeyList, ShardIndex
@@ -51,7 +53,7 @@ def index_shard(
     with RangeSource(url, storage_options, counter) as source:
         size = source.size
         try:
-            for key, _, member in sample_members(scan_members(BlockReader(source, block_bytes), url, size, read_bytes=block_bytes)):
+            for key, _, member in sample_members(scan_members(cast(BinaryIO, BlockReader(source, block_bytes)), url, size, read_bytes=block_bytes)):
                 if not keys or key != keys[-1]:
                     keys.append(key)
                     starts.append(member.header_offset)
@@ -63,8 +65,10 @@ def index_shard(
                 raise
             # The sample in progress may have had more members after the damage: drop it.
             logger.warning("%s; indexing the %d complete samples before it", err, max(len(keys) - 1, 0))
-            return ShardIndex(url, size, KeyList.from_strings(keys[:-1]), starts[:-1], ends[:-1], truncated_at=err.offset)
-    return ShardIndex(url, size, KeyList.from_strings(keys), starts, ends)
+            return ShardIndex(
+                url, size, KeyList.from_strings(keys[:-1]), np.array(starts[:-1], np.int64), np.array(ends[:-1], np.int64), truncated_at=err.offset
+            )
+    return ShardIndex(url, size, KeyList.from_strings(keys), np.array(starts, np.int64), np.array(ends, np.int64))
 
 
 def index_shards(
@@ -179,7 +183,9 @@ def _run(
                 if future.exception() is not None:
                     for other in pending:
                         other.cancel()
-                    raise future.exception()
+                    error = future.exception()
+                    assert error is not None
+                    raise error
                 results[futures[future]] = future.result()
                 bar.update(1)
     finally:

@@ -113,7 +113,7 @@ def save_index(path: str, shards: Sequence[ShardIndex], storage_options: Mapping
             os.remove(tmp)
 
 
-def _layout(meta: list[dict[str, Any]], lengths: dict[str, tuple[type, int]]) -> tuple[dict[str, dict[str, Any]], bytes, int]:
+def _layout(meta: list[dict[str, Any]], lengths: Mapping[str, tuple[Any, int]]) -> tuple[dict[str, dict[str, Any]], bytes, int]:
     """The array table, the encoded preamble + header, and the file size; arrays follow the header at aligned offsets."""
     offset = 0  # header length depends on the offsets' digits: place arrays, encode, repeat until stable
     while True:
@@ -144,7 +144,7 @@ def load_index(path: str, storage_options: Mapping[str, Any] | None = None) -> d
         _, local_path = resolve_fs(path, storage_options)
         if os.path.getsize(local_path) == 0:
             raise ValueError(f"{path} is empty, not a fastgen shard index; {_REBUILD}")
-        data = np.memmap(local_path, dtype=np.uint8, mode="r")
+        data: np.ndarray = np.memmap(local_path, dtype=np.uint8, mode="r")
     else:
         with open_url(path, "rb", storage_options) as f:
             data = np.frombuffer(f.read(), dtype=np.uint8)

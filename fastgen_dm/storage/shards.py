@@ -9,7 +9,6 @@ then by name. A shard's identity is its full URL, so two datatags that both hold
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -57,6 +56,7 @@ def list_shards(location: str, storage_options: Mapping[str, Any] | None = None,
     label = tag or location
     fs, root = resolve_fs(location, storage_options)
     try:
+        entries: list[dict[str, Any]]
         if is_local(location):  # one stat an entry (fsspec's local ls takes several): 10^5 shards in a fraction of a second
             with os.scandir(root) as scan:
                 entries = [{"name": e.path, "size": e.stat().st_size, "type": "directory" if e.is_dir() else "file"} for e in scan]
