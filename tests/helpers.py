@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -136,3 +137,13 @@ def bogus_huffman_table(jpeg: bytes) -> bytes:
     """A JPEG whose header parses but whose Huffman table (DHT) is invalid: every decoder rejects it."""
     at = jpeg.index(b"\xff\xc4")
     return jpeg[: at + 5] + bytes([255] * 16) + jpeg[at + 21 :]
+
+
+def corrupt_member(path, member):
+    """Cut ``member`` of the zip at ``path`` to 40 bytes (a truncated PNG), keeping the others."""
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members[member] = members[member][:40]
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)

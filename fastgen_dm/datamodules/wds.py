@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Sequence
@@ -56,6 +57,12 @@ SampleTransform = Callable[[dict[str, Any], SampleOrigin], dict[str, Any]]
 FIXED_SHAPE_KEYS = ("real", "noise", "path")
 
 
+def _has_non_finite(value: torch.Tensor | np.ndarray) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "fc" and not bool(np.isfinite(value).all())
+    return (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all())
+
+
 def _signature(value: Any) -> tuple[str, tuple[int, ...]] | None:
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return str(value.dtype), tuple(value.shape)
@@ -65,32 +72,57 @@ def _signature(value: Any) -> tuple[str, tuple[int, ...]] | None:
 class _Decoder:
     """Turns read samples into batches, counting bad and filtered ones (one per reader process).
 
-    The first good sample fixes each tensor key's dtype and rank (and, for ``FIXED_SHAPE_KEYS``,
-    its shape); a later sample that differs is bad data, not a batch that fails to collate.
+    The reader's first batch fixes each tensor key's dtype and rank (and, for
+    ``FIXED_SHAPE_KEYS``, its shape) by majority, so one odd sample among good ones is the one
+    counted as bad, whichever comes first; a later sample that differs is bad data too, not a
+    batch that fails to collate. ``check_finite`` also counts tensors holding NaN or Inf as bad.
     """
 
-    def __init__(self, spec: SampleSpec, constants: Mapping[str, Any], policy: BadDataPolicy, transform: SampleTransform | None = None) -> None:
+    def __init__(
+        self,
+        spec: SampleSpec,
+        constants: Mapping[str, Any],
+        policy: BadDataPolicy,
+        transform: SampleTransform | None = None,
+        check_finite: bool = False,
+    ) -> None:
         self.spec, self.constants, self.policy, self.transform = spec, constants, policy, transform
+        self.check_finite = check_finite
         self.filtered = 0
         self.schema: dict[str, tuple[str, tuple[int, ...]]] = {}
 
-    def _check_schema(self, sample: Mapping[str, Any]) -> None:
+    def _fix_schema(self, samples: Sequence[Mapping[str, Any]]) -> None:
+        """Each key's most common signature among ``samples`` (FIXED_SHAPE_KEYS by full shape)."""
+        votes: dict[str, Counter[tuple[str, tuple[int, ...]]]] = {}
+        for sample in samples:
+            for key, value in sample.items():
+                signature = _signature(value)
+                if signature is not None:
+                    vote = signature if key in FIXED_SHAPE_KEYS else (signature[0], (0,) * len(signature[1]))
+                    votes.setdefault(key, Counter())[vote] += 1
+        for key, counter in votes.items():
+            self.schema.setdefault(key, counter.most_common(1)[0][0])
+
+    def _check(self, sample: Mapping[str, Any]) -> None:
         for key, value in sample.items():
             signature = _signature(value)
             if signature is None:
                 continue
+            if self.check_finite and _has_non_finite(value):
+                raise ValueError(f"{key!r} holds NaN or Inf values (check_finite=True)")
             expected = self.schema.setdefault(key, signature)
             dtype, shape = signature
             same_shape = shape == expected[1] if key in FIXED_SHAPE_KEYS else len(shape) == len(expected[1])
             if dtype != expected[0] or not same_shape:
-                raise ValueError(f"{key!r} is {dtype}{list(shape)}, but earlier samples are {expected[0]}{list(expected[1])}")
+                described = f"{expected[0]}{list(expected[1])}" if key in FIXED_SHAPE_KEYS else f"{expected[0]} with {len(expected[1])} dimensions"
+                raise ValueError(f"{key!r} is {dtype}{list(shape)}, but the dataset's are {described}")
 
     def batch(self, items: Sequence[tuple[str, str, Any]], epoch: int, first_draw: int | None = None) -> dict[str, Any] | None:
         """``items``: (shard url, key, members or exception); None when every sample was dropped.
 
         ``first_draw``: the draw number of the first item (resampled mode), None in epoch mode.
         """
-        samples, fnames, shards = [], [], []
+        decoded = []
         for k, (url, key, members) in enumerate(items):
             if isinstance(members, Exception):
                 self.policy.skip(url, key, members)
@@ -100,12 +132,21 @@ class _Decoder:
                 if self.transform is not None:
                     draw = None if first_draw is None else first_draw + k
                     sample = self.transform(sample, SampleOrigin(url, key, epoch, draw))
-                self._check_schema(sample)
             except SampleFilteredOut:
                 self.filtered += 1
                 self.policy.ok()
                 continue
             except Exception as err:  # undecodable or incomplete sample: counted by the policy
+                self.policy.skip(url, key, err)
+                continue
+            decoded.append((url, key, sample))
+        if not self.schema:
+            self._fix_schema([sample for _, _, sample in decoded])
+        samples, fnames, shards = [], [], []
+        for url, key, sample in decoded:
+            try:
+                self._check(sample)
+            except ValueError as err:
                 self.policy.skip(url, key, err)
                 continue
             self.policy.ok()
@@ -128,9 +169,10 @@ class SampleSource:
     storage_options: Mapping[str, Any] | None = None
     transform: SampleTransform | None = None
     offsets_dir: str | None = None
+    check_finite: bool = False
 
     def decoder(self, policy: BadDataPolicy) -> _Decoder:
-        return _Decoder(self.spec, self.constants, policy, self.transform)
+        return _Decoder(self.spec, self.constants, policy, self.transform, self.check_finite)
 
 
 class WDSStream(PlannedStream):
@@ -322,6 +364,8 @@ class WDSDataModule(PlannedDataModule):
         max_skip_fraction: Share of bad samples (truncated, undecodable) tolerated, skipped and
             counted, before an error stops training. It holds over each GPU's whole run (every
             epoch, worker and resume), after a grace of 1000 samples. Filtered samples do not count.
+        check_finite: Count samples whose tensors hold NaN or Inf as bad data (one pass over
+            each tensor; off by default).
         skipped_index_dir: Folder where each reader writes the keys it skipped, in the
             ignore-index format that ``ignore_index_paths`` accepts.
         index_dir: Where ``prepare_data`` stores indexes of local datatags.
@@ -385,6 +429,7 @@ class WDSDataModule(PlannedDataModule):
         empty_check: bool = True,
         val_datatags: list[str] | None = None,
         max_skip_fraction: float = 0.01,
+        check_finite: bool = False,
         skipped_index_dir: str | None = None,
         index_dir: str | None = None,
         num_workers: int | None = None,
@@ -419,6 +464,7 @@ class WDSDataModule(PlannedDataModule):
         self.tail: TailPolicy = _tail_from(tail, partial)
         self.max_skip_fraction = max_skip_fraction
         self.skipped_index_dir = skipped_index_dir
+        self.check_finite = check_finite
         self.index_dir = index_dir or DEFAULT_INDEX_DIR
         self.storage_options = without_redacted(storage_options)
         self._validate(train)
@@ -506,7 +552,7 @@ class WDSDataModule(PlannedDataModule):
         constants = {key: value for key, value in constants.items() if key not in defaults}
         return SampleSource(
             tuple(shards), spec, constants, self.batch_size, self.seed, self.max_skip_fraction,
-            self.storage_options, self.sample_transform(), self.offsets_dir,
+            self.storage_options, self.sample_transform(), self.offsets_dir, self.check_finite,
         )  # fmt: skip
 
     @property

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from helpers import random_images
+from helpers import corrupt_member, random_images
 
 from fastgen_dm import CIFAR10DataModule, ImageFolderDataModule, ImageNet256DataModule
 from fastgen_dm.prepare import EDMZipWriter
@@ -200,15 +200,6 @@ def test_member_names_escaping_the_folder_are_refused(tmp_path, name):
 def test_wrong_resolution_is_an_error_at_setup(demo_zip):
     with pytest.raises(ValueError, match=re.escape("holds 32x32 items but resolution=64")):
         ImageFolderDataModule(demo_zip, batch_size=4, resolution=64).setup("fit")
-
-
-def corrupt_member(path, member):
-    with zipfile.ZipFile(path) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    members[member] = members[member][:40]  # truncated PNG
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
 
 
 def test_a_corrupt_png_is_a_clear_error_with_no_tolerance(make_zip):
