@@ -292,9 +292,11 @@ def write_demo_shards(
     path_steps = _validate_int("path_steps", path_steps, 1)
 
     samples = _samples(kind_name, num_samples, seed, shape, text_len, text_dim, path_steps)
-    shards = _write_shards(Path(folder), samples, num_samples, samples_per_shard, f"demo {kind_name} shards", show_progress)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / SHARD_COUNTS_FILE).unlink(missing_ok=True)  # the commit marker goes first, comes back last
     negative = _rng(seed, len(_KINDS)).standard_normal((text_len, text_dim))
     _write_atomic(Path(folder) / NEG_CONDITION_FILE, _tensor_bytes(negative))
+    shards = _write_shards(Path(folder), samples, num_samples, samples_per_shard, f"demo {kind_name} shards", show_progress)
     # Debug: the callers (`fastgen prepare`, DemoDataModule) say what they wrote, once.
     logger.debug("wrote %d demo %s samples in %d shards to %s", num_samples, kind_name, len(shards), folder)
     return shards
@@ -345,8 +347,14 @@ def _write_shards(
     folder: Path, samples: Iterator[list[tuple[str, bytes]]], num_samples: int, samples_per_shard: int, desc: str, show_progress: bool
 ) -> list[Path]:
     """``folder/00000.tar, ...`` of ``samples_per_shard`` samples (keys ``00000000``, ...) and
-    ``shard_counts.json``, each renamed into place when complete; stale shards of an earlier run removed."""
+    ``shard_counts.json``, each renamed into place when complete; stale shards of an earlier run removed.
+
+    ``shard_counts.json`` is the folder's commit marker: it is removed before anything else is
+    written and written last, so a run killed midway leaves no marker and the next run (which
+    reuses only folders that have one) writes the folder again.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / SHARD_COUNTS_FILE).unlink(missing_ok=True)
     num_shards = -(-num_samples // samples_per_shard)
     shards = [folder / f"{s:05d}.tar" for s in range(num_shards)]
     for old in folder.iterdir():

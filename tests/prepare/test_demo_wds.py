@@ -281,3 +281,28 @@ def test_media_arguments_are_checked(tmp_path) -> None:
         write_demo_media_shards(tmp_path, "gifs")
     with pytest.raises(ValueError, match="num_samples must be an int >= 1, got 0"):
         write_demo_media_shards(tmp_path, "images", num_samples=0)
+
+
+def test_a_write_killed_midway_leaves_no_commit_marker_so_the_next_run_rewrites(tmp_path, monkeypatch):
+    import fastgen_dm.prepare.demo_wds as demo_wds
+    from fastgen_dm.cli.main import main
+
+    out = tmp_path / "data"
+    args = ["prepare", "demo", "--output-dir", str(out), "--num-images", "8", "--num-samples", "8", "--num-media", "1"]
+    assert main(args) == 0
+    folder = out / "demo" / "wds" / "pair"
+    complete = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_replace = demo_wds.os.replace
+
+    def killed_after_the_first_shard(src, dst):
+        if str(dst).endswith("00001.tar"):
+            raise KeyboardInterrupt  # what a SIGTERM looks like to the writer; SIGKILL stops it right there
+        real_replace(src, dst)
+
+    monkeypatch.setattr(demo_wds.os, "replace", killed_after_the_first_shard)
+    with pytest.raises(KeyboardInterrupt):
+        demo_wds.write_demo_shards(folder, "pair", num_samples=8, samples_per_shard=4)
+    assert not (folder / demo_wds.SHARD_COUNTS_FILE).exists()
+    monkeypatch.setattr(demo_wds.os, "replace", real_replace)
+    assert main(args) == 0  # the folder has no marker: written again, not taken for complete
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")} == complete
