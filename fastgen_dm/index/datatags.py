@@ -145,6 +145,11 @@ def resolve_datatag(
         ignored = ignore.get(file.url, frozenset()) | ignore.get(name, frozenset())
         index = indexed.get(name)
         if index is not None and index.size == file.size:
+            if index.truncated_at is not None:  # every run says so: the samples after the damage are not in the index
+                logger.warning(
+                    "%s is damaged at byte %d: this run reads only its %d samples before that; the rest are lost "
+                    "until the shard is rewritten and indexed again (`fastgen index`)", file.url, index.truncated_at, index.count,
+                )  # fmt: skip
             index = ShardIndex(file.url, index.size, index.keys, index.starts, index.ends, validate=False).without(ignored)
             shards.append(Shard(file.url, file.size, index.count, index, ignored))
         elif name in counts:

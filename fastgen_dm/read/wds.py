@@ -15,6 +15,7 @@ other worker and rank on the node loads that file instead of walking again.
 from __future__ import annotations
 
 import fcntl
+import logging
 import hashlib
 import os
 from collections import OrderedDict
@@ -32,6 +33,8 @@ from fastgen_dm.index.store import load_index, save_index
 from fastgen_dm.plan import sample_runs
 from fastgen_dm.read.tar import ByteCounter, split_sample
 from fastgen_dm.storage import StorageReadError, is_local, resolve_fs
+
+logger = logging.getLogger(__name__)
 
 #: (shard url, sample key, members or the error that made the sample unreadable)
 Item = tuple[str, str, "dict[str, bytes] | Exception"]
@@ -72,6 +75,7 @@ class ShardReader:
         self._offsets: OrderedDict[str, ShardIndex] = OrderedDict()
         self._files: OrderedDict[str, int] = OrderedDict()
         self._filesystems: dict[str, Any] = {}  # one per protocol, resolved once
+        self._short: set[str] = set()  # shards found shorter than counted, said once each
 
     # -- offsets ---------------------------------------------------------------------------
     def offsets(self, shard: Shard) -> ShardIndex:
@@ -150,7 +154,15 @@ class ShardReader:
                 for k in at:
                     out[k] = (shard.url, f"#{samples[k]}", err)
                 continue
-            for k in at[samples[at] >= index.count]:
+            past = at[samples[at] >= index.count]
+            if past.size and shard.url not in self._short:
+                self._short.add(shard.url)
+                logger.warning(
+                    "%s holds %d samples but the plan counts %d (from shard_count_file or a stale index): samples past "
+                    "its end are missing and counted as bad; fix the count file or rerun `fastgen index`",
+                    shard.url, index.count, shard.count,
+                )  # fmt: skip
+            for k in past:
                 out[k] = (shard.url, f"#{samples[k]}", ShardReadError(shard.url, 0, f"sample {samples[k]} is past the shard's {index.count} samples"))
             at = at[samples[at] < index.count]
             local = samples[at]

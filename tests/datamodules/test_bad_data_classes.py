@@ -99,3 +99,23 @@ def test_an_all_bad_batch_of_a_zip_keeps_the_epoch_and_its_position(make_zip, tm
         for _ in batches:
             dm.cursor.step()
         assert dm.state_dict()["epoch"] == epoch + 1 and dm.state_dict()["position"] == 0
+
+
+def test_counts_that_claim_more_than_a_shard_holds_are_said_once_and_each_missing_sample_counted(tmp_path, caplog):
+    folder = latent_shard(tmp_path / "d", 10)
+    (folder / "counts.json").write_text('{"00000.tar": 14}')
+    dm = make_wds(folder, tmp_path, WDSDataModule, key_map=KEY_MAP, batch_size=7, shard_count_file="counts.json", max_skip_fraction=0.5)
+    assert len(delivered(dm)) == 10
+    assert dm.bad_data_totals() == (14, 4)
+    assert caplog.text.count("holds 10 samples but the plan counts 14") == 1
+    assert all(f"skipping bad sample #{k}" in caplog.text for k in range(10, 14))
+
+
+def test_a_reused_index_of_a_damaged_shard_says_so_on_every_run(tmp_path, caplog):
+    folder = latent_shard(tmp_path / "d", 20)
+    shard = folder / "00000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size * 2 // 3])
+    for run in range(2):  # the first run indexes (prepare_data), the second reuses that index
+        caplog.clear()
+        make_wds(folder, tmp_path, WDSDataModule, key_map=KEY_MAP, batch_size=2)
+        assert "is damaged at byte" in caplog.text and "the rest are lost" in caplog.text, run
