@@ -19,7 +19,7 @@ from fastgen_dm.index import EDMIndex, scan_edm
 from fastgen_dm.index.datatags import load_ignore_index
 from fastgen_dm.plan import Cursor, SamplePlan, TailPolicy, rank_batches, worker_batch_ids
 from fastgen_dm.read import BadDataPolicy, EDMReader, keep_stepping
-from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, check_max_member_bytes, exists, fetch_once, is_local, without_redacted
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, check_max_member_bytes, exists, fetch_once, is_local, check_storage_options, without_redacted
 from fastgen_dm.transform import hwc_to_chw, scale_to_unit
 
 logger = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class ImageFolderDataModule(PlannedDataModule):
         self.ignore_index_paths = list(ignore_index_paths or [])
         self.skipped_index_dir = skipped_index_dir
         self.cache_dir = cache_dir
-        self.storage_options = without_redacted(storage_options)
+        self.storage_options = without_redacted(check_storage_options(storage_options))
         self.max_member_bytes = check_max_member_bytes(max_member_bytes)
         self._validate()
         self.stream: EDMStream | None = None

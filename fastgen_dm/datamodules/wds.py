@@ -26,7 +26,7 @@ from fastgen_dm.plan import Cursor, SamplePlan, ShardOrder, TailPolicy, worker_b
 from fastgen_dm.read import BadDataPolicy, keep_stepping
 from fastgen_dm.read.tar import iter_shard
 from fastgen_dm.read.wds import ShardReader
-from fastgen_dm.storage import is_local, list_shards, parse_datatag, without_redacted
+from fastgen_dm.storage import is_local, list_shards, parse_datatag, check_storage_options, without_redacted
 
 logger = logging.getLogger(__name__)
 
@@ -466,7 +466,7 @@ class WDSDataModule(PlannedDataModule):
         self.skipped_index_dir = skipped_index_dir
         self.check_finite = check_finite
         self.index_dir = index_dir or DEFAULT_INDEX_DIR
-        self.storage_options = without_redacted(storage_options)
+        self.storage_options = without_redacted(check_storage_options(storage_options))
         self._validate(train)
         self.train_stream: PlannedStream | None = None
         self.val_stream: WDSStream | None = None

@@ -88,9 +88,9 @@ def _load_counts(path: str, storage_options: Mapping[str, Any] | None) -> dict[s
             table = json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"shard_count_file {path} does not exist") from None
-    except ValueError as err:
-        raise ValueError(f"shard_count_file {path} is not JSON ({err})") from err
-    if not isinstance(table, dict) or not all(isinstance(v, int) and v >= 0 for v in table.values()):
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"shard_count_file {path} is not JSON ({type(err).__name__}: {err})") from err
+    if not isinstance(table, dict) or not all(type(v) is int and v >= 0 for v in table.values()):
         raise ValueError(f'shard_count_file {path} must map shard file names to sample counts: {{"00000.tar": 1000}}')
     return table
 

@@ -20,6 +20,7 @@ from fastgen_dm.format.image import is_image_name
 from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, open_url, read_folder_member, read_zip_member, resolve_fs
 
 LABELS_MEMBER = "dataset.json"
+MAX_CLASSES = 1_000_000  # a larger label is a broken file, not a dataset: its one-hot would not fit in memory
 
 
 def is_data_member(name: str) -> bool:
@@ -88,21 +89,27 @@ def _parse_labels(source: str, members: list[str], labels_json: bytes | None) ->
         return None
     try:
         table = json.loads(labels_json)["labels"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{source}: {LABELS_MEMBER} is not EDM labels JSON ({err!r})") from err
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
+        raise ValueError(f"{source}: {LABELS_MEMBER} is not EDM labels JSON ({type(err).__name__}: {err})") from err
     if table is None:
         return None
-    by_name = {str(name).replace("\\", "/"): label for name, label in table}
+    if not isinstance(table, list) or not all(isinstance(row, list) and len(row) == 2 and isinstance(row[0], str) for row in table):
+        raise ValueError(f'{source}: {LABELS_MEMBER} "labels" must be null or a list of ["<member>", <label>] pairs')
+    by_name = {name.replace("\\", "/"): label for name, label in table}
     missing = [m for m in members if m not in by_name]
     if missing:
         raise ValueError(
             f"{source}: {LABELS_MEMBER} has no label for {len(missing)} of {len(members)} items, "
             f"e.g. {missing[:3]}; fix the labels or pass use_labels=False"
         )
-    labels = np.asarray([by_name[m] for m in members])
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
-        raise ValueError(f"{source}: labels must be non-negative integers, one per item")
-    return labels.astype(np.int64)
+    values = [by_name[m] for m in members]
+    bad = [v for v in values if type(v) is not int or not 0 <= v < MAX_CLASSES]
+    if bad:
+        raise ValueError(
+            f"{source}: {LABELS_MEMBER} has the label {bad[0]!r}; labels must be integers in [0, {MAX_CLASSES:,}) "
+            "(the one-hot condition has max(label) + 1 entries)"
+        )
+    return np.asarray(values, dtype=np.int64)
 
 
 def scan_edm(

@@ -7,7 +7,7 @@ from fastgen_dm.storage.bounded import (
     read_folder_member,
     read_zip_member,
 )
-from fastgen_dm.storage.fs import S3_CONFIG_DEFAULTS, S3_RETRIES, StorageReadError, exists, fetch_once, is_local, open_url, resolve_fs
+from fastgen_dm.storage.fs import S3_CONFIG_DEFAULTS, S3_RETRIES, StorageReadError, check_storage_options, exists, fetch_once, is_local, open_url, resolve_fs
 from fastgen_dm.storage.ranges import BlockReader, ByteCounter, RangeSource
 from fastgen_dm.storage.shards import (
     DATATAG_PREFIX,
@@ -24,6 +24,7 @@ __all__ = [
     "S3_CONFIG_DEFAULTS",
     "S3_RETRIES",
     "StorageReadError",
+    "check_storage_options",
     "DATATAG_PREFIX",
     "DEFAULT_MAX_MEMBER_BYTES",
     "REDACTED",

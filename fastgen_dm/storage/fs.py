@@ -63,6 +63,23 @@ class StorageReadError(OSError):
         )
 
 
+def check_storage_options(options: Any) -> dict[str, Any] | None:
+    """``options`` as a dict, or a one-line error: fsspec options are a mapping, and so are its
+    nested ``config_kwargs`` / ``client_kwargs``.
+    """
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise ValueError(f"storage_options must be a dict of fsspec options (endpoint, credentials), got {type(options).__name__}: {options!r}")
+    for name in ("config_kwargs", "client_kwargs"):
+        value = options.get(name)
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(
+                f"storage_options must be a dict of fsspec options; its {name!r} must be a dict too, got {type(value).__name__}: {value!r}"
+            )
+    return dict(options)
+
+
 def _with_defaults(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     options = dict(storage_options or {})
     if url.startswith(("s3://", "s3a://")):
