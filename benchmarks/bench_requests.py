@@ -2,7 +2,7 @@
 
 For a dataset of N samples of a given size in shards of a given count, read by W GPUs with a
 per-GPU batch, this samples batches of the epoch plan (``SamplePlan.batch_positions`` and
-``ShardOrder.locate_batch``, what every reader runs), groups each batch into runs of neighbouring
+``ShardOrder.locate``, what every reader runs), groups each batch into runs of neighbouring
 samples (``sample_runs``: one request each) and extrapolates to the epoch. It prints requests per
 epoch, bytes per request, distinct shards per batch and the GET rate the whole job sends at a
 given step rate, beside a whole-shard streaming reader (webdataset) reading 8 MiB per request.
@@ -37,13 +37,13 @@ def simulate(samples: int, sample_kb: float, per_shard: int, gpus: int, batch: i
     counts = np.full(shards, per_shard, dtype=np.int64)
     counts[-1] = samples - per_shard * (shards - 1)
     block = block_for(batch, sample_bytes, per_shard)
-    order = ShardOrder(counts, seed=seed, epoch=0, block=block, interleave=64)
+    order = ShardOrder(counts, seed=seed, epoch=0, block=block, interleave=64, mix=batch)
     plan = SamplePlan(samples, batch, gpus, seed=seed)
     rng = np.random.default_rng(seed)
     runs, distinct = [], []
     for _ in range(probes):
         rank, step = int(rng.integers(gpus)), int(rng.integers(plan.num_steps))
-        shard, local = order.locate_batch(plan.batch_positions(rank, step))
+        shard, local = order.locate(plan.batch_positions(rank, step))
         runs.append(len(sample_runs(shard, local)))
         distinct.append(len(np.unique(shard)))
     batches = plan.num_steps * gpus

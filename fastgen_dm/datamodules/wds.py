@@ -217,14 +217,15 @@ class WDSStream(PlannedStream):
     def order_for(self, epoch: int) -> ShardOrder:
         """The epoch's order of (shard, sample) pairs, computed per position."""
         return ShardOrder(
-            self.counts, seed=self.source.seed, epoch=epoch, shuffle=self.shuffle, block=self.block, interleave=self.interleave
-        )
+            self.counts, seed=self.source.seed, epoch=epoch, shuffle=self.shuffle, block=self.block,
+            interleave=self.interleave, mix=self.source.batch_size,
+        )  # fmt: skip
 
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         src = self.source
         order = self.order_for(plan.epoch)
         steps = worker_batch_ids(plan.rank_num_batches(self.rank), num_workers, worker_id)
-        wanted = (order.locate_batch(plan.batch_positions(self.rank, j)) for j in steps)
+        wanted = (order.locate(plan.batch_positions(self.rank, j)) for j in steps)
         reader = ShardReader(src.storage_options, offsets_dir=src.offsets_dir)
         decoder = src.decoder(self.bad_data_policy(worker_id))
         try:

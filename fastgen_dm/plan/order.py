@@ -60,6 +60,8 @@ class ShardOrder:
             (``interleave`` and ``block`` are then ignored).
         block: Consecutive samples of one shard read as one run.
         interleave: Shards whose blocks are taken round-robin.
+        mix: Positions are permuted within aligned windows of this many (the batch size), so
+            a batch holds its blocks' samples in a shuffled order; 1 leaves them in place.
     """
 
     def __init__(
@@ -71,14 +73,16 @@ class ShardOrder:
         shuffle: bool = True,
         block: int = 1,
         interleave: int = 1,
+        mix: int = 1,
     ) -> None:
         counts = np.asarray(counts, dtype=np.int64)
         if counts.ndim != 1 or (counts < 0).any():
             raise ValueError("counts must be a 1-d sequence of non-negative sample counts")
-        if block < 1 or interleave < 1:
-            raise ValueError(f"block and interleave must be at least 1, got {block} and {interleave}")
+        if block < 1 or interleave < 1 or mix < 1:
+            raise ValueError(f"block, interleave and mix must be at least 1, got {block}, {interleave} and {mix}")
         self.counts = counts
         self.seed, self.epoch, self.shuffle, self.block, self.interleave = seed, epoch, shuffle, block, interleave
+        self.mix = mix if shuffle else 1
         if shuffle:
             self._order = np.random.default_rng([seed, epoch]).permutation(counts.size).astype(np.int64)
             self._width, self._block = interleave, block
@@ -109,18 +113,23 @@ class ShardOrder:
             group = self._groups[g] = _Group(shards, counts, round_starts)
         return group
 
-    def locate_batch(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`locate` of one batch's positions, in an order shuffled within the batch.
+    def _mixed(self, positions: np.ndarray) -> np.ndarray:
+        """Positions permuted within aligned windows of ``mix``, each by ``(seed, epoch, window)``.
 
-        A batch is read by whole runs whatever its order, so the shuffle costs nothing; it keeps
-        the neighbours of one block apart for anything that slices a batch (micro-batches,
-        gradient accumulation). It is keyed by ``(seed, epoch, first position)``, so it does not
-        depend on the number of ranks or workers that read the batch.
+        A batch of ``mix`` aligned positions reads the same runs in another order, so the
+        neighbours of a block are spread through it for anything that slices a batch
+        (micro-batches, gradient accumulation). The windows do not depend on the number of
+        ranks, so neither does the order.
         """
-        positions = np.asarray(positions, dtype=np.int64)
-        if self.shuffle and positions.size > 1:
-            positions = np.random.default_rng([self.seed, self.epoch, int(positions[0])]).permutation(positions)
-        return self.locate(positions)
+        out = positions.copy()
+        windows = positions // self.mix
+        for w in np.unique(windows):
+            at = np.flatnonzero(windows == w)
+            first = int(w) * self.mix
+            size = min(self.mix, self.num_samples - first)
+            permutation = np.random.default_rng([self.seed, self.epoch, int(w)]).permutation(size)
+            out[at] = first + permutation[positions[at] - first]
+        return out
 
     def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(shard, sample within the shard)`` of each position in ``[0, num_samples)``, both int64."""
@@ -131,6 +140,8 @@ class ShardOrder:
             return shard, local
         if positions.min() < 0 or positions.max() >= self.num_samples:
             raise ValueError(f"positions must be in [0, {self.num_samples}), got [{positions.min()}, {positions.max()}]")
+        if self.mix > 1:
+            positions = self._mixed(positions)
         groups = np.searchsorted(self._group_starts, positions, side="right") - 1
         for g in np.unique(groups):
             at = np.flatnonzero(groups == g)

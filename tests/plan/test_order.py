@@ -16,7 +16,13 @@ orders = st.builds(
     shuffle=st.booleans(),
     block=st.integers(1, 20),
     interleave=st.integers(1, 70),
+    mix=st.integers(1, 20),
 )
+
+
+def unmixed(order: ShardOrder, mix: int = 1) -> ShardOrder:
+    """The same order with ``mix`` (1: blocks in place)."""
+    return ShardOrder(order.counts, seed=order.seed, epoch=order.epoch, shuffle=order.shuffle, block=order.block, interleave=order.interleave, mix=mix)
 
 
 def every_position(order: ShardOrder) -> tuple[np.ndarray, np.ndarray]:
@@ -29,7 +35,7 @@ def test_the_order_is_a_deterministic_bijection_onto_every_sample(order):
     shard, local = every_position(order)
     ids = shard_offsets(order.counts)[shard] + local
     assert np.array_equal(np.sort(ids), np.arange(order.num_samples))
-    again = ShardOrder(order.counts, seed=order.seed, epoch=order.epoch, shuffle=order.shuffle, block=order.block, interleave=order.interleave)
+    again = unmixed(order, order.mix)
     assert all(np.array_equal(a, b) for a, b in zip((shard, local), every_position(again)))
 
 
@@ -47,6 +53,7 @@ def test_any_positions_in_any_order_give_the_same_samples(order, data):
 @given(order=orders)
 def test_each_block_is_a_run_of_consecutive_positions(order):
     """A block (``block`` neighbouring samples of a shard; a whole shard without shuffle) is one read."""
+    order = unmixed(order)
     shard, local = every_position(order)
     block = order.block if order.shuffle else max(order.counts)
     key = shard * (max(order.counts) + 1) + local // block
@@ -119,9 +126,9 @@ def test_memory_is_a_few_bytes_a_shard_and_independent_of_samples():
     assert large.num_samples == 10**10
 
 
-@pytest.mark.parametrize("bad", [{"block": 0}, {"interleave": 0}])
-def test_block_and_interleave_must_be_positive(bad):
-    with pytest.raises(ValueError, match="block and interleave must be at least 1"):
+@pytest.mark.parametrize("bad", [{"block": 0}, {"interleave": 0}, {"mix": 0}])
+def test_block_interleave_and_mix_must_be_positive(bad):
+    with pytest.raises(ValueError, match="block, interleave and mix must be at least 1"):
         ShardOrder([3], **bad)
 
 
@@ -133,6 +140,7 @@ def test_sample_runs_worked_example():
 @settings(max_examples=100, deadline=None)
 @given(order=orders, batch=st.integers(1, 64), data=st.data())
 def test_a_batch_reads_each_block_it_touches_as_one_run(order, batch, data):
+    order = unmixed(order)
     start = data.draw(st.integers(0, order.num_samples - 1))
     shard, local = order.locate(np.arange(start, min(start + batch, order.num_samples)))
     runs = sample_runs(shard, local)
@@ -144,10 +152,11 @@ def test_a_batch_reads_each_block_it_touches_as_one_run(order, batch, data):
 
 
 @settings(max_examples=100, deadline=None)
-@given(order=orders, batch=st.integers(1, 64), data=st.data())
-def test_a_shuffled_batch_holds_the_same_samples(order, batch, data):
-    start = data.draw(st.integers(0, order.num_samples - 1))
-    positions = np.arange(start, min(start + batch, order.num_samples))
-    plain, shuffled = order.locate(positions), order.locate_batch(positions)
-    assert sorted(zip(*map(np.ndarray.tolist, plain))) == sorted(zip(*map(np.ndarray.tolist, shuffled)))
-    assert all(np.array_equal(a, b) for a, b in zip(shuffled, order.locate_batch(positions)))  # deterministic
+@given(order=orders, data=st.data())
+def test_mixing_permutes_each_aligned_window_and_nothing_across_windows(order, data):
+    """A batch aligned to ``mix`` (every full batch) holds its window's samples, whatever the world size."""
+    plain, mixed = every_position(unmixed(order)), every_position(order)
+    w = data.draw(st.integers(0, (order.num_samples - 1) // order.mix))
+    window = slice(w * order.mix, min((w + 1) * order.mix, order.num_samples))
+    as_pairs = lambda located: sorted(zip(located[0][window].tolist(), located[1][window].tolist()))  # noqa: E731
+    assert as_pairs(plain) == as_pairs(mixed)
