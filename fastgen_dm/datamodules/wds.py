@@ -15,6 +15,7 @@ import torch
 from fastgen_dm.batch import SampleFilteredOut, SampleSpec, collate_column, drop_rows, load_constants, wds_batch
 from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
 from fastgen_dm.index.datatags import (
+    copy_remote_indexes,
     Shard,
     local_index_path,
     local_datatags_without_index,
@@ -510,13 +511,16 @@ class WDSDataModule(PlannedDataModule):
 
     # -- Lightning hooks -------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Once per node: index local datatags that have no index yet (counts and byte offsets).
+        """Once per node: index local datatags that have no index yet (counts and byte offsets),
+        and copy the indexes of remote ones into ``index_dir``, so every process of the node maps
+        one local file.
 
         With a ``shard_count_file`` nothing is indexed here: readers find the offsets of the
         shards they read, once per node (``index_dir/offsets``).
         """
         if self.resampled or self.shard_count_file is not None:
             return
+        copy_remote_indexes([*self.datatags, *self.val_datatags], self.index_dir, self.storage_options)
         for tag in local_datatags_without_index([*self.datatags, *self.val_datatags], self.index_dir, self.storage_options):
             location = parse_datatag(tag)
             urls = [f.url for f in list_shards(location, self.storage_options, tag)]

@@ -21,11 +21,13 @@ from fastgen_dm.index.store import load_index
 from fastgen_dm.storage import (
     ShardFile,
     exists,
+    fetch_once,
     fit_shard_count,
     is_local,
     list_shards,
     open_url,
     parse_datatag,
+    resolve_fs,
     select_shards,
 )
 
@@ -95,6 +97,32 @@ def _load_counts(path: str, storage_options: Mapping[str, Any] | None) -> dict[s
     return table
 
 
+def node_copy_path(index_dir: str, location: str, size: int) -> str:
+    """Where ``prepare_data`` keeps a node's copy of a remote location's index of ``size`` bytes
+    (a rewritten index has another size, so a stale copy is never taken for it)."""
+    digest = hashlib.sha1(location.encode()).hexdigest()[:16]
+    return str(Path(index_dir) / f"remote-{digest}-{size}.fgi")
+
+
+def _remote_index_size(location: str, storage_options: Mapping[str, Any] | None) -> int | None:
+    """Bytes of a remote location's index (one HEAD request), None when it has none."""
+    fs, path = resolve_fs(f"{location}/{INDEX_NAME}", storage_options)
+    try:
+        return int(fs.size(path))
+    except FileNotFoundError:
+        return None
+
+
+def copy_remote_indexes(datatags: Sequence[str], index_dir: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Once per node: copy each remote datatag's index into ``index_dir`` (atomically), so that
+    every rank and worker of the node maps one local file instead of each downloading it."""
+    for tag in datatags:
+        location = parse_datatag(tag)
+        size = None if is_local(location) else _remote_index_size(location, storage_options)
+        if size is not None:
+            fetch_once(f"{location}/{INDEX_NAME}", node_copy_path(index_dir, location, size), storage_options)
+
+
 def _find_index(
     location: str, index_dir: str | None, storage_options: Mapping[str, Any] | None, legacy: bool = True
 ) -> dict[str, ShardIndex]:
@@ -102,6 +130,14 @@ def _find_index(
 
     With ``legacy``, an old JSON index left alone in the location raises (load_index says to rebuild it).
     """
+    if not is_local(location):
+        size = _remote_index_size(location, storage_options)
+        if size is None:
+            return {}
+        copy = None if index_dir is None else node_copy_path(index_dir, location, size)
+        # the node's copy when prepare_data made one (memory-mapped, shared by the node), else the remote file
+        index = load_index(copy) if copy is not None and Path(copy).exists() else load_index(f"{location}/{INDEX_NAME}", storage_options)
+        return {posixpath.basename(url): idx for url, idx in index.items()}
     candidates = [f"{location}/{INDEX_NAME}"]
     if index_dir is not None and is_local(location):
         candidates.append(local_index_path(index_dir, location))

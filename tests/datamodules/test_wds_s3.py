@@ -33,3 +33,24 @@ def test_an_unreachable_bucket_names_the_tag(s3_server):
 
     with pytest.raises(FileNotFoundError, match="datatag 'WDS:s3://no-such-bucket/x'"):
         dm.setup("fit")
+
+
+def test_prepare_data_copies_a_remote_index_once_per_node_and_setup_maps_the_copy(s3_server, s3_bucket, tmp_path):
+    import json
+
+    import fsspec
+
+    write_demo_shards(tmp_path / "pair", "pair", num_samples=12, samples_per_shard=4)
+    location = f"s3://{s3_bucket}/copied"
+    s3_server.upload(tmp_path / "pair", location)
+    assert main(["index", f"WDS:{location}", "--storage-options", json.dumps(s3_server.storage_options)]) == 0
+    index_dir = tmp_path / "index"
+    dm = PairDataModule([f"WDS:{location}"], batch_size=4, num_workers=0, storage_options=s3_server.storage_options, index_dir=str(index_dir))
+    dm.prepare_data()
+    (copy,) = index_dir.glob("remote-*.fgi")
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    remote = f"{s3_bucket}/copied/fastgen_index.fgi"
+    fs.pipe_file(remote, b"\0" * fs.size(remote))  # same size, unreadable: only the node's copy can serve setup
+    dm.setup("fit")
+    assert sorted(k for b in dm.train_dataloader() for k in b["fname"]) == [f"{i:08d}" for i in range(12)]
+    assert copy.stat().st_size == fs.size(remote)
