@@ -104,6 +104,12 @@ class PlannedDataLoader(DataLoader):
             self.cursor.load_state_dict(state_dict)
 
 
+def global_seed() -> int:
+    """The seed ``lightning.seed_everything`` set for this process (it exports it), else 0."""
+    value = os.environ.get("PL_GLOBAL_SEED")
+    return int(value) if value is not None and value.lstrip("-").isdigit() else 0
+
+
 def default_num_workers() -> int:
     """Every core this process may use, capped at 8 (decoding rarely scales further per GPU)."""
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
@@ -114,7 +120,8 @@ class PlannedDataModule(lightning.LightningDataModule):
 
     Args:
         batch_size: Samples per rank per step.
-        seed: Seed of the shuffle; the order depends on ``(seed, epoch)`` only.
+        seed: Seed of the shuffle; the order depends on ``(seed, epoch)`` only. None: the seed
+            given to ``seed_everything`` (``--seed_everything`` in the CLI), else 0.
         shuffle: Shuffle the training order each epoch.
         num_workers: DataLoader worker processes per rank; None uses every core, up to 8.
         pin_memory: Pin host batches for faster, asynchronous copies to the GPU.
@@ -129,7 +136,7 @@ class PlannedDataModule(lightning.LightningDataModule):
     def __init__(
         self,
         batch_size: int,
-        seed: int = 0,
+        seed: int | None = None,
         shuffle: bool = True,
         num_workers: int | None = None,
         pin_memory: bool = True,
@@ -141,7 +148,7 @@ class PlannedDataModule(lightning.LightningDataModule):
         if num_workers is not None and num_workers < 0:
             raise ValueError(f"num_workers must be >= 0 or None (every core), got {num_workers}")
         self.batch_size = batch_size
-        self.seed = seed
+        self.seed = global_seed() if seed is None else seed
         self.shuffle = shuffle
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.pin_memory = pin_memory

@@ -175,7 +175,8 @@ class ImageFolderDataModule(PlannedDataModule):
             opener here gives the same pixels either way.
         resolution: Expected image side in pixels; a dataset of another size is an error. None
             accepts what the dataset holds.
-        seed: Seed of the shuffle (and of the ``max_size`` subset unless ``random_seed`` is given).
+        seed: Seed of the shuffle (and of the ``max_size`` subset unless ``random_seed`` is given);
+            None: the seed given to ``seed_everything`` (``--seed_everything``), else 0.
         num_workers: DataLoader workers per GPU; None uses every core (up to 8), or none with
             ``cache`` (slicing the store in the main process beats shipping batches from workers).
         pin_memory: Pin batches for the copy to the GPU.
@@ -219,7 +220,7 @@ class ImageFolderDataModule(PlannedDataModule):
         resolution: int | None = None,
         random_seed: int | None = None,
         use_pyspng: bool = True,
-        seed: int = 0,
+        seed: int | None = None,
         num_workers: int | None = None,
         pin_memory: bool = True,
         normalize_on_device: bool = False,

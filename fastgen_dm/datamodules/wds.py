@@ -245,8 +245,9 @@ class WDSStream(PlannedStream):
 class ResampledWDSStream(PlannedStream):
     """An endless stream: shards drawn with replacement, whole-shard reads, a byte-bounded shuffle buffer.
 
-    FastGen's training behaviour. Seeded by (seed, rank, worker, epoch), it has no position to
-    resume from; use epoch mode for exact resume.
+    FastGen's training behaviour. Seeded by (seed, rank, worker, epoch, position): the position
+    (samples drawn, in the DataModule's ``state_dict``) makes a run restarted from a checkpoint
+    draw anew rather than replay its first batches. Not an exact resume: use epoch mode for that.
     """
 
     def __init__(self, source: SampleSource, shuffle_buffer_bytes: int) -> None:
@@ -255,11 +256,12 @@ class ResampledWDSStream(PlannedStream):
         self.shuffle_buffer_bytes = shuffle_buffer_bytes
 
     def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        return SamplePlan(_NO_END, self.source.batch_size, self.world_size, self.source.seed, epoch, shuffle=False)
+        return SamplePlan(_NO_END, self.source.batch_size, self.world_size, self.source.seed, epoch, shuffle=False, start=start)
 
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         src = self.source
-        rng = np.random.default_rng([src.seed, self.rank, worker_id, plan.epoch])
+        # the position joins the seed: a run restarted from a checkpoint draws anew instead of replaying
+        rng = np.random.default_rng([src.seed, self.rank, worker_id, plan.epoch, plan.start])
         decoder = src.decoder(self.bad_data_policy(worker_id))
         buffer: list[tuple[str, str, Any]] = []
         buffered_bytes = 0
@@ -352,7 +354,8 @@ class WDSDataModule(PlannedDataModule):
             mode: ``shuffle_buffer_bytes = shuffle_size x`` the mean sample size. None: 1000 for
             the blocks, ``shuffle_buffer_bytes`` for resampled mode.
         sampler_start_idx: Global sample count to start at when no checkpoint is restored.
-        seed: Seed of every shuffle.
+        seed: Seed of every shuffle; None: the seed given to ``seed_everything``
+            (``--seed_everything``), else 0.
         tail: Last step when it does not fill every GPU: "pad" or "drop" (see ``ImageFolderDataModule``).
             None: from ``partial``, else "pad".
         partial: FastGen's name for ``tail``: False drops the incomplete last step
@@ -425,7 +428,7 @@ class WDSDataModule(PlannedDataModule):
         shuffle_buffer_bytes: int | None = None,
         shuffle_size: int | None = None,
         sampler_start_idx: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         tail: TrainingTail | None = None,
         partial: bool | None = None,
         empty_check: bool = True,
@@ -631,6 +634,8 @@ class WDSDataModule(PlannedDataModule):
                 n = stream.num_samples
                 self.cursor = Cursor(self.sampler_start_idx // n, self.sampler_start_idx % n)
             self.train_stream = stream
+        if self.resampled and self.cursor is None:  # no epochs, but a position: how far the stream was drawn
+            self.cursor = Cursor(0, self.sampler_start_idx)
         if self.val_datatags:
             val_source = self._source(self._resolve(self.val_datatags, need_counts=True, num_shards=self._num_shards()), constants)
             self.val_stream = WDSStream(val_source, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
@@ -673,7 +678,7 @@ class WDSDataModule(PlannedDataModule):
         if self.train_stream is None:
             self.setup("fit")
         assert self.train_stream is not None
-        loader = self.make_loader(self.train_stream, None if self.resampled else self.cursor)
+        loader = self.make_loader(self.train_stream, self.cursor)
         self.device_bad_data.tally = self.train_stream.tally  # the main process's row of the run totals
         return loader
 

@@ -263,3 +263,31 @@ def test_deterministic_order_resumes_with_sampler_start_idx(latent_shards, tmp_p
     assert full == sorted(full)
     late = make(latent_shards, tmp_path, deterministic=True, sampler_start_idx=NUM + 48)
     assert ids_of(late.train_dataloader()) == full[48:]
+
+
+def test_resampled_mode_draws_anew_after_a_restart_instead_of_replaying(latent_shards, tmp_path):
+    def first_keys(state=None):
+        dm = make(latent_shards, tmp_path, resampled=True, seed=3)
+        if state is not None:
+            dm.load_state_dict(state)
+        return next(iter(dm.train_dataloader()))["fname"]
+
+    dm = make(latent_shards, tmp_path, resampled=True, seed=3)
+    iter(dm.train_dataloader())
+    for _ in range(3):
+        dm.cursor.step()
+    state = dm.state_dict()
+    assert state["position"] == 3 * 16
+    assert first_keys() == first_keys()  # deterministic from the same position
+    assert first_keys(state) == first_keys(state) != first_keys()  # a restart continues elsewhere
+
+
+def test_the_data_seed_follows_seed_everything_unless_given(latent_shards, tmp_path, monkeypatch):
+    import lightning
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # restored as it was after the test
+    lightning.seed_everything(1234)
+    assert make(latent_shards, tmp_path).seed == 1234
+    assert make(latent_shards, tmp_path, seed=7).seed == 7
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert make(latent_shards, tmp_path).seed == 0
