@@ -57,6 +57,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from procs import descendants
 
 MB = 1 << 20
 PHASES = ("start", "constructed", "prepare_data", "setup", "first_batch", "all_workers")
@@ -108,24 +109,6 @@ def _vm_hwm(pid: int) -> int:
     return int(match.group(1)) * 1024 if match else 0
 
 
-def _descendants(root: int) -> list[int]:
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            parent[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    found, frontier = [], {root}
-    while frontier:
-        kids = {pid for pid, ppid in parent.items() if ppid in frontier}
-        found += kids
-        frontier = kids
-    return found
-
-
 def child(spec: dict[str, Any]) -> None:
     """Run one start and print one JSON line per phase (seconds since construction began)."""
     from fastgen_dm import WDSDataModule  # before the clock starts: the import is not the DataModule's cost
@@ -154,7 +137,7 @@ def child(spec: dict[str, Any]) -> None:
     emit("first_batch")
     for _ in range(max(spec["workers"], 1) - 1):  # the DataLoader takes batches from workers in turn
         next(batches)
-    workers = _descendants(os.getpid())
+    workers = descendants(os.getpid())
     worker_hwm = []
     for pid in workers:
         try:
@@ -170,7 +153,7 @@ def child(spec: dict[str, Any]) -> None:
 
 def _tree_rss(pid: int) -> int:
     total = 0
-    for p in [pid, *_descendants(pid)]:
+    for p in [pid, *descendants(pid)]:
         try:
             with open(f"/proc/{p}/status") as f:
                 match = re.search(r"^VmRSS:\s+(\d+) kB$", f.read(), re.M)

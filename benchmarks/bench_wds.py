@@ -71,6 +71,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fastgen_dm.datamodules.latents import ImageLatentDataModule, VideoLatentDataModule
 from fastgen_dm.prepare.demo_wds import write_demo_shards
+from procs import descendants
 
 BATCH = 32
 MB = 1 << 20
@@ -150,25 +151,6 @@ def _own_threads_rchar() -> dict[int, int]:
     return out
 
 
-def _children_of(root: int) -> list[int]:
-    """Every descendant of ``root``, from the parent pid in ``/proc/<pid>/stat``."""
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            parent[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    found, frontier = [], [root]
-    while frontier:
-        kids = [pid for pid, ppid in parent.items() if ppid in frontier]
-        found += kids
-        frontier = kids
-    return found
-
-
 def _status_kb(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         match = re.search(rf"^{field}:\s+(\d+) kB$", f.read(), re.M)
@@ -205,7 +187,7 @@ class ChildPoller:
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.is_set():
-            for pid in _children_of(me):
+            for pid in descendants(me):
                 try:
                     self._poll(pid)
                 except (OSError, AttributeError):  # gone, or a zombie whose files are empty
@@ -223,7 +205,7 @@ class ChildPoller:
 
 def _wait_reaped(timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while _children_of(os.getpid()) and time.monotonic() < deadline:
+    while descendants(os.getpid()) and time.monotonic() < deadline:
         mp.active_children()  # joins (reaps) finished multiprocessing children
         time.sleep(0.02)
 
