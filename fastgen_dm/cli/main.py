@@ -65,7 +65,7 @@ def _top_parser() -> argparse.ArgumentParser:
 def unknown_datamodule(argv: Sequence[str]) -> str | None:
     """An error for ``--data NAME`` (or ``--data.help NAME``) naming no DataModule of the package, else None.
 
-    Dotted values (class paths, config files) are left to LightningCLI.
+    Dotted values (class paths of any LightningDataModule, config files) are left to LightningCLI.
     """
     import fastgen_dm
 
@@ -76,7 +76,7 @@ def unknown_datamodule(argv: Sequence[str]) -> str | None:
             # Case-insensitively, so 'cifar10datamodule' finds CIFAR10DataModule.
             close = difflib.get_close_matches(value.lower(), by_lower, n=1)
             hint = f"did you mean {by_lower[close[0]]!r}? " if close else ""
-            return f"{flag} {value!r} is no DataModule of fastgen-dm; {hint}choose from {', '.join(known)}"
+            return f"{flag} {value!r} is no DataModule of fastgen-dm; {hint}choose from {', '.join(known)}, or give a class path (my.module.MyDataModule)"
     return None
 
 

@@ -1,4 +1,4 @@
-"""``fastgen fit|validate|test|predict``: LightningCLI over every DataModule of the package."""
+"""``fastgen fit|validate|test|predict``: LightningCLI over any LightningDataModule, the package's by short name."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import lightning
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from fastgen_dm.datamodules import PlannedDataModule
+import fastgen_dm.datamodules  # noqa: F401  (registers the DataModules' short names)
 from fastgen_dm.storage import redact_storage_options
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ class OneLineErrorParser(LightningArgumentParser):
 
 
 class FastGenCLI(LightningCLI):
-    """LightningCLI whose ``--data`` takes any fastgen-dm DataModule by short name, and whose
-    ``--model`` defaults to the reference EDM denoiser."""
+    """LightningCLI whose ``--data`` takes any LightningDataModule (the package's by short name,
+    any other by class path), and whose ``--model`` defaults to the reference EDM denoiser."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
@@ -94,7 +94,7 @@ def run_lightning(args: list[str] | None) -> FastGenCLI:
 
     return FastGenCLI(
         model_class=lightning.LightningModule,
-        datamodule_class=PlannedDataModule,
+        datamodule_class=lightning.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=RedactingSaveConfigCallback,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fastgen_dm.batch import zip_batch
-from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
+from fastgen_dm.datamodules.base import PlannedDataLoader, PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
 from fastgen_dm.datamodules.edm_cache import build_cache, cache_path, open_cache
 from fastgen_dm.decode import decode_image, decoder_for
 from fastgen_dm.index import EDMIndex, scan_edm
@@ -201,6 +201,16 @@ class ImageFolderDataModule(PlannedDataModule):
         max_member_bytes: Cap on one member's (decompressed) size, in bytes: a larger member is a
             bad item, refused before it is read (default 256 MiB). Folder datasets also refuse
             members that are not regular files or that resolve (through links) outside the folder.
+        val_fraction: Share of the items (after ``max_size`` and ``ignore_index_paths``) held out
+            of training for validation, in [0, 1): at least one item when > 0, chosen by
+            ``random_seed`` (None: 0, so the split stays put when ``seed`` changes). 0 holds none.
+        val_dataset_path: Another EDM zip or folder to validate on (same ``storage_options``;
+            read as it is, without ``cache`` or ``ignore_index_paths``). None: no such set.
+
+    Validation, test and predict read their set once, unshuffled, every item exactly once across
+    GPUs (ranks may get different numbers of batches). The validation set is ``val_fraction`` or
+    ``val_dataset_path``; without one, ``val_dataloader`` is empty (Lightning skips validation)
+    and test and predict read the training items once, without ``xflip`` mirrors.
     """
 
     #: Where the named families' data lives under ``$DATA_ROOT_DIR``; None: ``dataset_path`` is required.
@@ -231,6 +241,8 @@ class ImageFolderDataModule(PlannedDataModule):
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
         max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+        val_fraction: float = 0.0,
+        val_dataset_path: str | None = None,
     ) -> None:
         if cache and num_workers is None:
             num_workers = 0  # a batch is one gather from the shared store: cheaper than a worker's IPC
@@ -252,8 +264,12 @@ class ImageFolderDataModule(PlannedDataModule):
         self.cache_dir = cache_dir
         self.storage_options = without_redacted(check_storage_options(storage_options))
         self.max_member_bytes = check_max_member_bytes(max_member_bytes)
+        self.val_fraction = val_fraction
+        self.val_dataset_path = val_dataset_path
         self._validate()
         self.stream: EDMStream | None = None
+        self.val_stream: EDMStream | None = None  # None: no validation set
+        self.pass_stream: EDMStream | None = None  # the training items, once, for test and predict without one
 
     def _resolve_dataset_path(self, dataset_path: str | None) -> str:
         if dataset_path is not None:
@@ -272,6 +288,10 @@ class ImageFolderDataModule(PlannedDataModule):
         validate_training_tail(self.tail)
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_fraction > 0 and self.val_dataset_path is not None:
+            raise ValueError(f"val_fraction={self.val_fraction} and val_dataset_path both give a validation set; give one of them")
         if self.cache and self.cache_dir is None and not is_local(self.dataset_path):
             raise ValueError(f"cache=True with the remote dataset_path {self.dataset_path!r} needs a local cache_dir")
 
@@ -304,6 +324,8 @@ class ImageFolderDataModule(PlannedDataModule):
         raw_idx = raw_idx[~np.isin(raw_idx, ignored)]
         if len(raw_idx) == 0:
             raise ValueError(f"{self.dataset_path}: every item is in ignore_index_paths {self.ignore_index_paths}")
+        raw_idx, val_idx = self._hold_out(raw_idx)
+        items = raw_idx
         flip = np.zeros(len(raw_idx), dtype=bool)
         if self.xflip:
             raw_idx, flip = np.tile(raw_idx, 2), np.concatenate([flip, ~flip])
@@ -323,10 +345,40 @@ class ImageFolderDataModule(PlannedDataModule):
             max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options,
             skipped_index_dir=self.skipped_index_dir, max_member_bytes=self.max_member_bytes,
         )  # fmt: skip
+        self.pass_stream = self._eval_stream(index, shape, dtype, items, cache_file)
+        if len(val_idx):
+            self.val_stream = self._eval_stream(index, shape, dtype, val_idx, cache_file)
+        elif self.val_dataset_path is not None:
+            if not exists(self.val_dataset_path, self.storage_options):
+                raise FileNotFoundError(f"val_dataset_path {self.val_dataset_path!r} does not exist")
+            val_index, val_shape, val_dtype = self._scan(self.val_dataset_path)
+            self.val_stream = self._eval_stream(val_index, val_shape, val_dtype, np.arange(len(val_index), dtype=np.int64), None)
         if self.cursor is None:
             n = len(raw_idx)
             self.cursor = Cursor(self.sampler_start_idx // n, self.sampler_start_idx % n)
         self._check_fits_world()
+
+    def _hold_out(self, raw_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(training items, validation items)``: ``val_fraction`` of ``raw_idx`` held out, both sorted.
+
+        Example: 10 items and ``val_fraction=0.2`` give 8 training items and 2 validation items.
+        """
+        if self.val_fraction == 0:
+            return raw_idx, raw_idx[:0]
+        count = max(1, round(self.val_fraction * len(raw_idx)))
+        if count >= len(raw_idx):
+            raise ValueError(f"val_fraction={self.val_fraction} of {len(raw_idx)} items leaves none to train on")
+        chosen = np.zeros(len(raw_idx), dtype=bool)
+        chosen[np.random.default_rng(self.random_seed or 0).permutation(len(raw_idx))[:count]] = True
+        return raw_idx[~chosen], raw_idx[chosen]
+
+    def _eval_stream(self, index: EDMIndex, shape: tuple[int, ...], dtype: np.dtype, raw_idx: np.ndarray, cache_file: str | None) -> EDMStream:
+        """One unshuffled pass over ``raw_idx`` of ``index``, every item once across GPUs, no mirrors."""
+        return EDMStream(
+            index, shape, dtype, raw_idx, np.zeros(len(raw_idx), dtype=bool), self.use_labels, self.batch_size, self.seed,
+            False, "uneven", scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
+            max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options, max_member_bytes=self.max_member_bytes,
+        )  # fmt: skip
 
     def _check_fits_world(self) -> None:
         assert self.stream is not None
@@ -338,13 +390,15 @@ class ImageFolderDataModule(PlannedDataModule):
                 f"batch_size={self.batch_size} x {world} GPUs with tail='drop'; use tail='pad' or a smaller batch_size"
             )
 
-    def _scan(self) -> tuple[EDMIndex, tuple[int, ...], np.dtype]:
-        index = scan_edm(self.dataset_path, self.storage_options, max_member_bytes=self.max_member_bytes)
+    def _scan(self, path: str | None = None) -> tuple[EDMIndex, tuple[int, ...], np.dtype]:
+        """The index, item shape and item dtype of ``path`` (None: ``dataset_path``)."""
+        path = path or self.dataset_path
+        index = scan_edm(path, self.storage_options, max_member_bytes=self.max_member_bytes)
         reader = EDMReader(index.source, index.is_zip, self.storage_options, max_member_bytes=self.max_member_bytes)
         first = decode_item(index.members[0], reader.read(index.members[0]), index.source)
         if self.resolution is not None and first.shape[-2:] != (self.resolution, self.resolution):
             raise ValueError(
-                f"{self.dataset_path} holds {first.shape[-1]}x{first.shape[-2]} items but resolution={self.resolution}; "
+                f"{path} holds {first.shape[-1]}x{first.shape[-2]} items but resolution={self.resolution}; "
                 "pass the dataset's resolution or resolution=None"
             )
         return index, first.shape, first.dtype
@@ -382,3 +436,24 @@ class ImageFolderDataModule(PlannedDataModule):
             self.setup("fit")
         assert self.stream is not None
         return self.make_loader(self.stream, self.cursor)
+
+    def val_dataloader(self):
+        if self.stream is None:
+            self.setup("validate")
+        if self.val_stream is None:
+            return []
+        return self.make_loader(self.val_stream, None)
+
+    def test_dataloader(self):
+        return self._eval_loader("test")
+
+    def predict_dataloader(self):
+        return self._eval_loader("predict")
+
+    def _eval_loader(self, stage: str) -> PlannedDataLoader:
+        """The validation set once, else the training items once (see the class docs)."""
+        if self.stream is None:
+            self.setup(stage)
+        stream = self.val_stream if self.val_stream is not None else self.pass_stream
+        assert stream is not None
+        return self.make_loader(stream, None)

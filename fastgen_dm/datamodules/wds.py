@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fastgen_dm.batch import SampleFilteredOut, SampleSpec, collate_column, drop_rows, load_constants, wds_batch
-from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
+from fastgen_dm.datamodules.base import PlannedDataLoader, PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
 from fastgen_dm.index.datatags import (
     copy_remote_indexes,
     Shard,
@@ -365,7 +365,8 @@ class WDSDataModule(PlannedDataModule):
             the plan splits samples, not shards, so no worker is ever left without work; both
             values behave the same, and a dataset with no samples is an error at ``setup``.
         val_datatags: Datatags of a validation set (same options): every sample once across
-            GPUs, unshuffled, nothing dropped.
+            GPUs, unshuffled, nothing dropped. Test and predict read it too; without it,
+            validation is skipped and test and predict read ``datatags`` once in the same way.
         max_skip_fraction: Share of bad samples (truncated, undecodable) tolerated, skipped and
             counted, before an error stops training. It holds over each GPU's whole run (every
             epoch, worker and resume), after a grace of 1000 samples. Filtered samples do not count.
@@ -475,6 +476,7 @@ class WDSDataModule(PlannedDataModule):
         self._validate(train)
         self.train_stream: PlannedStream | None = None
         self.val_stream: WDSStream | None = None
+        self.pass_stream: WDSStream | None = None  # the training samples, once, for test and predict without val_datatags
         # samples that fail to decode on the device are bad data of the main process
         self.device_bad_data = BadDataPolicy(max_skip_fraction)
         self._last_decoded: dict[str, Any] | None = None
@@ -639,6 +641,11 @@ class WDSDataModule(PlannedDataModule):
         if self.val_datatags:
             val_source = self._source(self._resolve(self.val_datatags, need_counts=True, num_shards=self._num_shards()), constants)
             self.val_stream = WDSStream(val_source, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
+        elif not self.resampled:
+            self.pass_stream = WDSStream(source, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
+        elif stage in ("test", "predict"):  # resampled shards carry no counts, and one pass needs them
+            counted = self._source(self._resolve(self.datatags, need_counts=True, num_shards=self._num_shards()), constants)
+            self.pass_stream = WDSStream(counted, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.decodes_on_device:
@@ -688,6 +695,21 @@ class WDSDataModule(PlannedDataModule):
         if self.val_stream is None:
             return []
         return self.make_loader(self.val_stream, None)
+
+    def test_dataloader(self):
+        return self._eval_loader("test")
+
+    def predict_dataloader(self):
+        return self._eval_loader("predict")
+
+    def _eval_loader(self, stage: str) -> PlannedDataLoader:
+        """``val_datatags`` once, else ``datatags`` once: unshuffled, every sample once across GPUs."""
+        if self.train_stream is None:
+            self.setup(stage)
+        stream = self.val_stream if self.val_stream is not None else self.pass_stream
+        if stream is None:
+            raise RuntimeError(f"resampled mode builds the {stage} pass over datatags in setup({stage!r}), which ran for another stage")
+        return self.make_loader(stream, None)
 
 
 def _tail_from(tail: TailPolicy | None, partial: bool | None) -> TailPolicy:

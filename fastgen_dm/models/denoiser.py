@@ -381,7 +381,7 @@ class EDMDenoiser(lightning.LightningModule):
     ``cond_drop_prob``, so ``sample(..., guidance=g)`` can do classifier-free guidance.
 
     Randomness comes from torch's default generator, so ``lightning.seed_everything`` makes
-    training reproducible; validation and sampling use their own seeded generators.
+    training reproducible; validation, test, predict and sampling use their own seeded generators.
 
     Args:
         hidden_channels: Width of the network (channels per patch position). Default 64.
@@ -511,12 +511,12 @@ class EDMDenoiser(lightning.LightningModule):
         noise: torch.Tensor,
         condition: torch.Tensor | None,
     ) -> torch.Tensor:
-        """EDM's weighted denoising loss, averaged over samples and elements."""
+        """EDM's weighted denoising loss of each sample, averaged over its elements: ``[B]``."""
         real = batch["real"]
         s = _channel_view(sigma[:, None], real.ndim)
         weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
         denoised = self(real + noise * s, sigma, condition)
-        return (weight * (denoised - real) ** 2).mean()
+        return (weight * (denoised - real) ** 2).flatten(1).mean(dim=1)
 
     # -- Lightning hooks --------------------------------------------------------------------
 
@@ -553,7 +553,7 @@ class EDMDenoiser(lightning.LightningModule):
             keep = torch.rand(batch_size, device=real.device) >= self.cond_drop_prob
             condition = condition * keep[:, None].to(condition.dtype)
         sigma = (torch.randn(batch_size, device=real.device) * self.p_std + self.p_mean).exp()
-        loss = self._loss(batch, sigma, torch.randn_like(real), condition)
+        loss = self._loss(batch, sigma, torch.randn_like(real), condition).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if len(self._first_losses) < _REPORTED_STEPS:
             self._first_losses.append(loss.detach())
@@ -572,16 +572,37 @@ class EDMDenoiser(lightning.LightningModule):
             )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._eval_losses(batch, batch_idx).mean()
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["real"].shape[0], sync_dist=True)
+        return loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._eval_losses(batch, batch_idx).mean()
+        self.log("test/loss", loss, batch_size=batch["real"].shape[0], sync_dist=True)
+        return loss
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Each sample's denoising loss, as validation computes it: lower is better modelled.
+
+        Returns:
+            ``{"loss": float32 [B]}``, plus the batch's ``idx`` [B] when it has one, so losses can
+            be matched to items (e.g. to find the data the model fits worst).
+        """
+        out = {"loss": self._eval_losses(batch, batch_idx)}
+        if isinstance(batch.get("idx"), torch.Tensor):
+            out["idx"] = batch["idx"]
+        return out
+
+    def _eval_losses(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Each sample's loss at fixed sigmas and noise, for validation, test and predict: ``[B]``."""
         real = batch["real"]
         batch_size = real.shape[0]
         condition = _condition_from(batch.get("condition"), batch_size)
         sigma = self._validation_sigmas(batch_size, real.device)
-        # Same noise for the same batch index in every validation run, so curves are comparable.
+        # Same noise for the same batch index in every run, so curves and runs are comparable.
         generator = torch.Generator(device=real.device).manual_seed(batch_idx)
         noise = torch.randn(real.shape, generator=generator, device=real.device, dtype=real.dtype)
-        loss = self._loss(batch, sigma, noise, condition)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        return loss
+        return self._loss(batch, sigma, noise, condition)
 
     def _validation_sigmas(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """Quantiles (i + 0.5) / 8 of the training lognormal, repeated over the batch."""

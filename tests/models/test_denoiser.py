@@ -172,6 +172,20 @@ def test_validation_loss_is_deterministic():
     assert first == second
 
 
+def test_test_loss_and_predicted_losses_are_the_validation_loss():
+    model = _small_model()
+    batches = _square_batches(2, batch_size=8)
+    trainer = _trainer()
+    val = trainer.validate(model, _loader(batches), verbose=False)[0]["val/loss"]
+    test = trainer.test(model, _loader(batches), verbose=False)[0]["test/loss"]
+    predictions = trainer.predict(model, _loader(batches))
+    assert test == pytest.approx(val)
+    assert [p["loss"].shape for p in predictions] == [(8,), (8,)]
+    assert torch.cat([p["idx"] for p in predictions]).tolist() == list(range(16))
+    assert torch.cat([p["loss"] for p in predictions]).mean().item() == pytest.approx(val, rel=1e-5)
+    assert all(p.grad is None for p in model.parameters())  # no backward pass, no optimizer step
+
+
 def test_checkpoint_restores_into_a_fresh_lazy_model(tmp_path):
     lightning.seed_everything(0, verbose=False)
     model = _small_model()
