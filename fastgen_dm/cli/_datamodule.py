@@ -134,10 +134,15 @@ def data_root_note(output_dir: str | None = None) -> str:
 
 
 def root_cause(err: BaseException) -> BaseException:
-    """The innermost error of a chain: the DataModule's own message, not jsonargparse's Union wrapper."""
-    while err.__cause__ is not None or err.__context__ is not None:
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    return err
+    """The innermost error of a chain: the DataModule's own message, not jsonargparse's Union wrapper.
+
+    An error raised ``from None`` says everything itself: the chain stops there.
+    """
+    while True:
+        inner = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if inner is None:
+            return err
+        err = inner
 
 
 def override(dm: Any, name: str, value: Any, changed: list[str]) -> None:

@@ -34,6 +34,7 @@ def _log_to_stderr() -> None:
     # After Lightning is imported: it gives its loggers their own handler only when the root
     # logger has none, and a root handler from before would print each of its lines twice.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gcsfs").setLevel(logging.WARNING)  # it announces its experimental features on import
 
 
 def _run_tool(name: str, argv: list[str]) -> int:

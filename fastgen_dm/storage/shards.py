@@ -62,10 +62,10 @@ def list_shards(location: str, storage_options: Mapping[str, Any] | None = None,
                 entries = [{"name": e.path, "size": e.stat().st_size, "type": "directory" if e.is_dir() else "file"} for e in scan]
         else:
             entries = fs.ls(root, detail=True)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"datatag {label!r}: {location} does not exist") from err
+    except FileNotFoundError:
+        raise FileNotFoundError(f"datatag {label!r}: {location} does not exist") from None  # the whole story
     except (OSError, PermissionError) as err:
-        raise FileNotFoundError(f"datatag {label!r}: cannot list {location}: {err}") from err
+        raise FileNotFoundError(f"datatag {label!r}: cannot list {location}: {err}") from None
     files = [(e["name"], int(e.get("size") or 0)) for e in entries if e.get("type") != "directory" and e["name"].endswith(".tar")]
     if not files:
         raise ValueError(f"datatag {label!r}: {location} holds no .tar shards ({len(entries)} other entries)")
