@@ -199,6 +199,38 @@ class PlannedDataModule(lightning.LightningDataModule):
         trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
+    # -- evaluation ------------------------------------------------------------------------
+    #: The validation set, read once (None: no validation set), set in a family's ``setup``.
+    val_stream: PlannedStream | None = None
+    #: The training data read once, for test and predict without a validation set.
+    pass_stream: PlannedStream | None = None
+
+    def _training_stream(self) -> PlannedStream | None:
+        """The family's training stream, None before ``setup``."""
+        raise NotImplementedError
+
+    def val_dataloader(self) -> Any:
+        if self._training_stream() is None:
+            self.setup("validate")
+        if self.val_stream is None:
+            return []  # Lightning skips validation
+        return self.make_loader(self.val_stream, None)
+
+    def test_dataloader(self) -> PlannedDataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> PlannedDataLoader:
+        return self._eval_loader("predict")
+
+    def _eval_loader(self, stage: str) -> PlannedDataLoader:
+        """The validation set once, else the training data once: unshuffled, every sample once across GPUs."""
+        if self._training_stream() is None:
+            self.setup(stage)
+        stream = self.val_stream if self.val_stream is not None else self.pass_stream
+        if stream is None:
+            raise RuntimeError(f"no one-pass stream for {stage}: setup ran for another stage in resampled mode; call setup({stage!r}) first")
+        return self.make_loader(stream, None)
+
     # -- position --------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = self.trainer

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fastgen_dm.batch import zip_batch
-from fastgen_dm.datamodules.base import PlannedDataLoader, PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
+from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
 from fastgen_dm.datamodules.edm_cache import build_cache, cache_path, open_cache
 from fastgen_dm.decode import decode_image, decoder_for
 from fastgen_dm.index import EDMIndex, scan_edm
@@ -437,23 +437,5 @@ class ImageFolderDataModule(PlannedDataModule):
         assert self.stream is not None
         return self.make_loader(self.stream, self.cursor)
 
-    def val_dataloader(self):
-        if self.stream is None:
-            self.setup("validate")
-        if self.val_stream is None:
-            return []
-        return self.make_loader(self.val_stream, None)
-
-    def test_dataloader(self):
-        return self._eval_loader("test")
-
-    def predict_dataloader(self):
-        return self._eval_loader("predict")
-
-    def _eval_loader(self, stage: str) -> PlannedDataLoader:
-        """The validation set once, else the training items once (see the class docs)."""
-        if self.stream is None:
-            self.setup(stage)
-        stream = self.val_stream if self.val_stream is not None else self.pass_stream
-        assert stream is not None
-        return self.make_loader(stream, None)
+    def _training_stream(self) -> EDMStream | None:
+        return self.stream

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fastgen_dm.batch import SampleFilteredOut, SampleSpec, collate_column, drop_rows, load_constants, wds_batch
-from fastgen_dm.datamodules.base import PlannedDataLoader, PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
+from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
 from fastgen_dm.index.datatags import (
     copy_remote_indexes,
     Shard,
@@ -689,27 +689,8 @@ class WDSDataModule(PlannedDataModule):
         self.device_bad_data.tally = self.train_stream.tally  # the main process's row of the run totals
         return loader
 
-    def val_dataloader(self):
-        if self.train_stream is None:
-            self.setup("validate")
-        if self.val_stream is None:
-            return []
-        return self.make_loader(self.val_stream, None)
-
-    def test_dataloader(self):
-        return self._eval_loader("test")
-
-    def predict_dataloader(self):
-        return self._eval_loader("predict")
-
-    def _eval_loader(self, stage: str) -> PlannedDataLoader:
-        """``val_datatags`` once, else ``datatags`` once: unshuffled, every sample once across GPUs."""
-        if self.train_stream is None:
-            self.setup(stage)
-        stream = self.val_stream if self.val_stream is not None else self.pass_stream
-        if stream is None:
-            raise RuntimeError(f"resampled mode builds the {stage} pass over datatags in setup({stage!r}), which ran for another stage")
-        return self.make_loader(stream, None)
+    def _training_stream(self) -> PlannedStream | None:
+        return self.train_stream
 
 
 def _tail_from(tail: TailPolicy | None, partial: bool | None) -> TailPolicy:
