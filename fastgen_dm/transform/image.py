@@ -143,7 +143,8 @@ def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[
         shape = (-1, 1, 1) if channels > 1 else (1,)
         mean_t = torch.as_tensor(mean, dtype=torch.float32).view(shape)
         std_t = torch.as_tensor(std, dtype=torch.float32).view(shape)
-        return pixels.to(torch.float32).div(255).sub(mean_t).div(std_t)
+        # in place after the conversion: one allocation instead of four, the same bits
+        return pixels.to(torch.float32).div_(255).sub_(mean_t).div_(std_t)
     table = normalization_table(mean, std).to(pixels.device)
     if table.shape[0] == 1:
         return table[0].index_select(0, pixels.reshape(-1).to(torch.int32)).view(pixels.shape)
