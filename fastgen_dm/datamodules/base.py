@@ -18,6 +18,7 @@ import lightning
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from fastgen_dm.batch.transport import BatchPacker, PackedBatch, unpack_batch
 from fastgen_dm.plan import Cursor, EpochPlan
 from fastgen_dm.read import BadDataPolicy, new_tally
 from fastgen_dm.storage import redact_storage_options
@@ -41,14 +42,19 @@ class PlannedStream(IterableDataset):
     """Yields the batches of one rank's plan; each DataLoader worker yields its share.
 
     Subclasses implement :meth:`plan_for` and :meth:`iter_batches`. The placement (rank, world
-    size) and position (epoch, start) are set in the main process before each iteration and
-    reach workers when they are started, since workers are not persistent.
+    size) is set in the main process before the workers start. The position (epoch, start) is
+    set before each iteration in a shared tensor, which persistent workers read when the next
+    iteration begins.
     """
 
     rank: int = 0
     world_size: int = 1
-    epoch: int = 0
-    start: int = 0
+    #: True for a stream without epochs (resampled mode without a declared epoch length).
+    endless: bool = False
+    _position: torch.Tensor | None = None  # shared [epoch, start]
+    #: Shared buffers each worker cycles through: more than the batches it may have in flight.
+    ring_slots: int = 4
+    _packer: BatchPacker | None = None
     #: The rank's bad-data run totals, shared with the workers (``fastgen_dm.read.new_tally``).
     tally: torch.Tensor | None = None
     max_skip_fraction: float = 1.0
@@ -57,7 +63,17 @@ class PlannedStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
 
     def set_position(self, epoch: int, start: int) -> None:
-        self.epoch, self.start = epoch, start
+        if self._position is None:
+            self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self._position[0], self._position[1] = epoch, start
+
+    @property
+    def epoch(self) -> int:
+        return 0 if self._position is None else int(self._position[0])
+
+    @property
+    def start(self) -> int:
+        return 0 if self._position is None else int(self._position[1])
 
     def plan_for(self, epoch: int, start: int) -> EpochPlan:
         raise NotImplementedError
@@ -71,8 +87,12 @@ class PlannedStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 0)
-        return self.iter_batches(self.plan_for(self.epoch, self.start), worker_id, num_workers)
+        if info is None:
+            return self.iter_batches(self.plan_for(self.epoch, self.start), 0, 0)
+        if self._packer is None:  # one per worker process, kept by persistent workers
+            self._packer = BatchPacker(self.ring_slots)
+        batches = self.iter_batches(self.plan_for(self.epoch, self.start), info.id, info.num_workers)
+        return map(self._packer.pack, batches)
 
 
 class PlannedDataLoader(DataLoader):
@@ -80,21 +100,41 @@ class PlannedDataLoader(DataLoader):
 
     Without a cursor (validation) every iteration replays the stream's own position.
 
-    It has no ``__len__``: after a resume on another number of GPUs the rank's remaining batches
-    differ from a full epoch's, and a wrong length would end Lightning's epoch early. Its
-    ``state_dict`` is the cursor's (the same object the DataModule saves), which tells
-    Lightning the loader resumes mid-epoch.
+    Its length is the rank's batches in the cursor's epoch on the current world size, so
+    Lightning's ``estimated_stepping_batches``, fractional ``val_check_interval`` and
+    ``limit_train_batches`` work; an endless stream has none. After a resume mid-epoch an
+    iteration yields only the epoch's remaining batches (:meth:`remaining`). Its ``state_dict``
+    is the cursor's (the same object the DataModule saves), which tells Lightning the loader
+    resumes mid-epoch.
     """
 
     def __init__(self, stream: PlannedStream, cursor: Cursor | None = None, **kwargs: Any) -> None:
         super().__init__(stream, batch_size=None, **kwargs)
         self.cursor = cursor
 
+    def _epoch(self) -> tuple[int, int]:
+        """(epoch, position) the next iteration begins at: the cursor's, or the next epoch once it is done."""
+        epoch, position = (self.cursor.epoch, self.cursor.position) if self.cursor is not None else (self.dataset.epoch, self.dataset.start)
+        if self.cursor is not None and position > 0 and self.dataset.plan_for(epoch, position).num_steps == 0:
+            return epoch + 1, 0
+        return epoch, position
+
+    def __len__(self) -> int:
+        stream = self.dataset
+        if stream.endless:
+            raise TypeError("an endless stream has no length; declare one (resampled mode: epoch_samples)")
+        return stream.plan_for(self._epoch()[0], 0).rank_num_batches(stream.rank)
+
+    def remaining(self) -> int:
+        """Batches the next iteration yields: the rest of the cursor's epoch."""
+        stream = self.dataset
+        return stream.plan_for(*self._epoch()).rank_num_batches(stream.rank)
+
     def __iter__(self):  # type: ignore[override]
         if self.cursor is not None:
             self.cursor.begin(self.dataset.plan_for)
             self.dataset.set_position(self.cursor.epoch, self.cursor.position)
-        return super().__iter__()
+        return _unpacked(super().__iter__())
 
     def state_dict(self) -> dict[str, int]:
         return {} if self.cursor is None else self.cursor.state_dict()
@@ -102,6 +142,11 @@ class PlannedDataLoader(DataLoader):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if self.cursor is not None and state_dict:
             self.cursor.load_state_dict(state_dict)
+
+
+def _unpacked(batches: Iterator[Any]) -> Iterator[Any]:
+    for batch in batches:
+        yield unpack_batch(batch) if isinstance(batch, PackedBatch) else batch
 
 
 def global_seed() -> int:
@@ -125,6 +170,11 @@ class PlannedDataModule(lightning.LightningDataModule):
         shuffle: Shuffle the training order each epoch.
         num_workers: DataLoader worker processes per rank; None uses every core, up to 8.
         pin_memory: Pin host batches for faster, asynchronous copies to the GPU.
+        persistent_workers: Keep the DataLoader workers from one epoch to the next (each new
+            iteration still starts exactly at the saved position).
+        prefetch_factor: Batches each worker prepares ahead; None: the DataLoader's default (2).
+        multiprocessing_context: How workers start: "fork", "spawn" or "forkserver"; None: the
+            platform's default.
         normalize_on_device: Deliver pixels as uint8 and scale them to [-1, 1] after the
             transfer to the device (4x less host-to-device traffic, same values). Outside a
             Trainer, call :meth:`on_after_batch_transfer` yourself to get the scaled batch.
@@ -141,6 +191,10 @@ class PlannedDataModule(lightning.LightningDataModule):
         num_workers: int | None = None,
         pin_memory: bool = True,
         normalize_on_device: bool = False,
+        *,
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = None,
+        multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -151,7 +205,12 @@ class PlannedDataModule(lightning.LightningDataModule):
         self.seed = global_seed() if seed is None else seed
         self.shuffle = shuffle
         self.num_workers = default_num_workers() if num_workers is None else num_workers
+        if prefetch_factor is not None and prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be at least 1 or None (the DataLoader's default), got {prefetch_factor}")
         self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.multiprocessing_context = multiprocessing_context
         self.normalize_on_device = normalize_on_device
         self.cursor: Cursor | None = None
         self._restored_tally = (0, 0)
@@ -187,12 +246,44 @@ class PlannedDataModule(lightning.LightningDataModule):
             if cursor is not None:  # the training stream carries the run's totals, restored ones included
                 stream.tally[0] += torch.tensor(self._restored_tally)
                 self._train_tally = stream.tally
-        return PlannedDataLoader(
+        worker_options: dict[str, Any] = {}
+        # a worker has at most prefetch_factor batches in flight and builds one more
+        stream.ring_slots = (self.prefetch_factor or 2) + 2
+        if self.num_workers > 0:
+            worker_options = {
+                "persistent_workers": self.persistent_workers,
+                "prefetch_factor": self.prefetch_factor,
+                "multiprocessing_context": self.multiprocessing_context,
+            }
+        loader = PlannedDataLoader(
             stream,
             cursor,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
+            **worker_options,
         )
+        if cursor is not None:
+            self._align_fit_progress(loader)
+        return loader
+
+    def _align_fit_progress(self, loader: PlannedDataLoader) -> None:
+        """Re-express Lightning's count of the resumed epoch's batches on this world size.
+
+        Lightning restores how many batches the epoch had taken, counted on the world size that
+        saved the checkpoint, and ends the epoch when the count reaches the loader's length.
+        Here the count becomes ``len(loader) - loader.remaining()``, so the epoch ends exactly
+        when the stream does, and the next epoch has its full length.
+        """
+        trainer = self.trainer
+        if trainer is None or not trainer.fit_loop.restarting or loader.dataset.endless:
+            return
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        # a checkpoint saved in on_train_batch_end has that batch processed but not completed;
+        # Lightning completes it when it resets the loop (after this, in fit_loop.reset)
+        total = progress.total
+        saved_in_batch_end = total.started == total.ready == total.processed == total.completed + 1
+        counted = progress.current.completed + int(saved_in_batch_end)
+        progress.current.completed += len(loader) - loader.remaining() - counted
 
     def batch_device(self) -> torch.device:
         """Where batches are trained on: the Trainer's device, else the CPU."""

@@ -6,7 +6,7 @@ import logging
 import os
 import posixpath
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
@@ -180,6 +180,11 @@ class ImageFolderDataModule(PlannedDataModule):
         num_workers: DataLoader workers per GPU; None uses every core (up to 8), or none with
             ``cache`` (slicing the store in the main process beats shipping batches from workers).
         pin_memory: Pin batches for the copy to the GPU.
+        persistent_workers: Keep the workers from one epoch to the next; each iteration still
+            starts exactly at the saved position.
+        prefetch_factor: Batches each worker prepares ahead; None: the DataLoader's default (2).
+        multiprocessing_context: How workers start ("fork", "spawn", "forkserver"); None: the
+            platform's default.
         normalize_on_device: Deliver uint8 pixels and scale them on the GPU after the transfer.
         tail: The epoch's last step when it does not fill every GPU: "pad" repeats a few samples
             from the start of the epoch (fewer than the number of GPUs) so every GPU gets a
@@ -233,6 +238,9 @@ class ImageFolderDataModule(PlannedDataModule):
         seed: int | None = None,
         num_workers: int | None = None,
         pin_memory: bool = True,
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = None,
+        multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
         normalize_on_device: bool = False,
         tail: TrainingTail = "pad",
         max_skip_fraction: float = 0.01,
@@ -246,7 +254,10 @@ class ImageFolderDataModule(PlannedDataModule):
     ) -> None:
         if cache and num_workers is None:
             num_workers = 0  # a batch is one gather from the shared store: cheaper than a worker's IPC
-        super().__init__(batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device)
+        super().__init__(
+            batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device,
+            persistent_workers=persistent_workers, prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
+        )  # fmt: skip
         self.save_hyperparameters()
         self.dataset_path = self._resolve_dataset_path(dataset_path)
         self.s3_path = s3_path

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections import Counter
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Collection, Iterator, Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -243,32 +244,52 @@ class WDSStream(PlannedStream):
 
 
 class ResampledWDSStream(PlannedStream):
-    """An endless stream: shards drawn with replacement, whole-shard reads, a byte-bounded shuffle buffer.
+    """Shards drawn with replacement (webdataset's ``ResampledShards``), whole-shard reads, a byte-bounded shuffle buffer.
 
     FastGen's training behaviour. Seeded by (seed, rank, worker, epoch, position): the position
     (samples drawn, in the DataModule's ``state_dict``) makes a run restarted from a checkpoint
     draw anew rather than replay its first batches. Not an exact resume: use epoch mode for that.
+    Endless unless ``epoch_samples`` declares an epoch (global samples, rounded down to whole
+    steps), which gives the loader a length.
     """
 
-    def __init__(self, source: SampleSource, shuffle_buffer_bytes: int) -> None:
+    def __init__(self, source: SampleSource, shuffle_buffer_bytes: int, epoch_samples: int | None = None) -> None:
         self.source = source
         self.max_skip_fraction = source.max_skip_fraction
         self.shuffle_buffer_bytes = shuffle_buffer_bytes
+        self.epoch_samples = epoch_samples
+        self.endless = epoch_samples is None
 
     def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        return SamplePlan(_NO_END, self.source.batch_size, self.world_size, self.source.seed, epoch, shuffle=False, start=start)
+        step = self.source.batch_size * self.world_size
+        if self.epoch_samples is not None and self.epoch_samples < step:
+            raise ValueError(
+                f"epoch_samples={self.epoch_samples} is less than one step ({self.world_size} GPUs x batch_size "
+                f"{self.source.batch_size}); declare at least {step}"
+            )
+        total = _NO_END if self.epoch_samples is None else self.epoch_samples
+        return SamplePlan(total, self.source.batch_size, self.world_size, self.source.seed, epoch, shuffle=False, start=start, tail="drop")
 
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        from webdataset import ResampledShards
+
         src = self.source
         # the position joins the seed: a run restarted from a checkpoint draws anew instead of replaying
-        rng = np.random.default_rng([src.seed, self.rank, worker_id, plan.epoch, plan.start])
+        seed = np.random.SeedSequence([src.seed, self.rank, worker_id, plan.epoch, plan.start]).generate_state(1)[0]
+        rng = np.random.default_rng(seed)
+        by_url = {shard.url: shard for shard in src.shards}
+        draws = ResampledShards(list(by_url), seed=src.seed, worker_seed=lambda: int(seed), deterministic=True, empty_check=False)
+        wanted = len(worker_batch_ids(plan.rank_num_batches(self.rank), num_workers, worker_id))
+        yield from itertools.islice(self._batches(plan, worker_id, rng, (by_url[d["url"]] for d in draws)), wanted)
+
+    def _batches(self, plan: SamplePlan, worker_id: int, rng: np.random.Generator, shards: Iterator[Shard]) -> Iterator[dict[str, Any]]:
+        src = self.source
         decoder = src.decoder(self.bad_data_policy(worker_id))
         buffer: list[tuple[str, str, Any]] = []
         buffered_bytes = 0
         pending: list[tuple[str, str, Any]] = []
         drawn = 0  # samples handed to the decoder: a sample drawn again gets another draw number
-        while True:
-            shard = src.shards[rng.integers(len(src.shards))]
+        for shard in shards:
             for key, members in iter_shard(shard.url, src.storage_options):
                 if key in shard.ignored:
                     continue
@@ -339,6 +360,9 @@ class WDSDataModule(PlannedDataModule):
             local datatags, an error with remote ones.
         resampled: Endless stream drawing shards with replacement (FastGen's training
             behaviour); no epochs, no exact resume, no counts needed.
+        epoch_samples: ``resampled`` mode only: samples of all GPUs together that make an epoch
+            (rounded down to whole steps), so the loader has a length for schedulers,
+            ``val_check_interval`` and epoch-based callbacks. None: endless; stop with ``max_steps``.
         shuffle: Shuffle shards and samples each epoch by ``(seed, epoch)``.
         read_block_bytes: Bytes of consecutive samples of one shard read with one request (a
             *block*): at least one sample, and at most half a batch, so a batch always mixes
@@ -377,6 +401,11 @@ class WDSDataModule(PlannedDataModule):
         index_dir: Where ``prepare_data`` stores indexes of local datatags.
         num_workers: DataLoader workers per GPU; None uses every core (up to 8).
         pin_memory: Pin batches for the copy to the GPU.
+        persistent_workers: Keep the workers from one epoch to the next; each iteration still
+            starts exactly at the saved position.
+        prefetch_factor: Batches each worker prepares ahead; None: the DataLoader's default (2).
+        multiprocessing_context: How workers start ("fork", "spawn", "forkserver"); None: the
+            platform's default.
         normalize_on_device: Deliver uint8 pixels and scale them on the GPU (media families).
         storage_options: fsspec options (endpoint, credentials) for remote locations. Credentials
             are never written: checkpoints and configs hold ``"<redacted>"``, which a run started
@@ -422,6 +451,7 @@ class WDSDataModule(PlannedDataModule):
         train: bool = True,
         cache_path: str | None = None,
         resampled: bool = False,
+        epoch_samples: int | None = None,
         shuffle: bool = True,
         read_block_bytes: int = 2 << 20,
         interleave: int | None = None,
@@ -440,11 +470,17 @@ class WDSDataModule(PlannedDataModule):
         index_dir: str | None = None,
         num_workers: int | None = None,
         pin_memory: bool = True,
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = None,
+        multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
         normalize_on_device: bool = False,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         shuffle = shuffle and train and not deterministic
-        super().__init__(batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device)
+        super().__init__(
+            batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device,
+            persistent_workers=persistent_workers, prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
+        )  # fmt: skip
         self.save_hyperparameters()
         self.datatags = list(datatags)
         self.val_datatags = list(val_datatags or [])
@@ -464,6 +500,7 @@ class WDSDataModule(PlannedDataModule):
         self.shard_count_file = shard_count_file
         self.ignore_index_paths = list(ignore_index_paths or [])
         self.resampled = resampled
+        self.epoch_samples = epoch_samples
         self.read_block_bytes, self.interleave, self.prefetch_batches = read_block_bytes, interleave, prefetch_batches
         self.shuffle_buffer_bytes, self.shuffle_size = shuffle_buffer_bytes, shuffle_size
         self.sampler_start_idx = sampler_start_idx
@@ -486,6 +523,10 @@ class WDSDataModule(PlannedDataModule):
             parse_datatag(tag)
         if not self.datatags:
             raise ValueError("datatags is empty; give at least one 'WDS:<location>'")
+        if self.epoch_samples is not None and not self.resampled:
+            raise ValueError(f"epoch_samples={self.epoch_samples} declares an epoch of resampled mode; epoch mode's epoch is the dataset: add resampled=True or drop it")
+        if self.epoch_samples is not None and self.epoch_samples < 1:
+            raise ValueError(f"epoch_samples must be at least 1 or None (endless), got {self.epoch_samples}")
         if self.resampled and not train:
             raise ValueError("resampled=True streams endlessly and cannot make the single pass of train=False")
         for name in ("read_block_bytes", "interleave", "shuffle_buffer_bytes", "shards_per_worker"):
@@ -623,7 +664,7 @@ class WDSDataModule(PlannedDataModule):
         probed_sizes = self._check_keys(shards, defaulted=constants.keys())
         source = self._source(shards, constants)
         if self.resampled:
-            self.train_stream = ResampledWDSStream(source, self._shuffle_buffer_bytes(shards, probed_sizes))
+            self.train_stream = ResampledWDSStream(source, self._shuffle_buffer_bytes(shards, probed_sizes), self.epoch_samples)
         else:
             block = self._block(shards)
             stream = WDSStream(
@@ -636,8 +677,9 @@ class WDSDataModule(PlannedDataModule):
                 n = stream.num_samples
                 self.cursor = Cursor(self.sampler_start_idx // n, self.sampler_start_idx % n)
             self.train_stream = stream
-        if self.resampled and self.cursor is None:  # no epochs, but a position: how far the stream was drawn
-            self.cursor = Cursor(0, self.sampler_start_idx)
+        if self.resampled and self.cursor is None:  # a position: how far the stream was drawn
+            per_epoch = self.epoch_samples or _NO_END
+            self.cursor = Cursor(self.sampler_start_idx // per_epoch, self.sampler_start_idx % per_epoch)
         if self.val_datatags:
             val_source = self._source(self._resolve(self.val_datatags, need_counts=True, num_shards=self._num_shards()), constants)
             self.val_stream = WDSStream(val_source, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
