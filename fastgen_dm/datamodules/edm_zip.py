@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fastgen_dm.batch import zip_batch
-from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
+from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, default_num_workers, validate_training_tail
 from fastgen_dm.datamodules.edm_cache import build_cache, cache_path, open_cache
 from fastgen_dm.decode import decode_image, decoder_for
 from fastgen_dm.index import EDMIndex, scan_edm
@@ -177,8 +177,9 @@ class ImageFolderDataModule(PlannedDataModule):
             accepts what the dataset holds.
         seed: Seed of the shuffle (and of the ``max_size`` subset unless ``random_seed`` is given);
             None: the seed given to ``seed_everything`` (``--seed_everything``), else 0.
-        num_workers: DataLoader workers per GPU; None uses every core (up to 8), or none with
-            ``cache`` (slicing the store in the main process beats shipping batches from workers).
+        num_workers: DataLoader workers per GPU; None uses every core (up to 8). With ``cache``
+            none, whatever is given: a batch is one slice of the store (0.3 ms for 128 32x32
+            images), and a worker's hand-off of it cost 1-8 ms (``benchmarks/bench_zip.py``).
         pin_memory: Pin batches for the copy to the GPU.
         persistent_workers: Keep the workers from one epoch to the next; each iteration still
             starts exactly at the saved position.
@@ -252,13 +253,21 @@ class ImageFolderDataModule(PlannedDataModule):
         val_fraction: float = 0.0,
         val_dataset_path: str | None = None,
     ) -> None:
-        if cache and num_workers is None:
-            num_workers = 0  # a batch is one gather from the shared store: cheaper than a worker's IPC
+        if cache and num_workers:
+            logger.info(
+                "cache=True: batches are slices of the shared store, assembled in the training process "
+                "(num_workers=%d would only add a hand-off per batch, which costs more than the slice)", num_workers,
+            )  # fmt: skip
+        # the store is built once, decoding in parallel: the given workers, else every core
+        build_workers = num_workers or default_num_workers()
+        if cache:
+            num_workers = 0
         super().__init__(
             batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device,
             persistent_workers=persistent_workers, prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
         )  # fmt: skip
         self.save_hyperparameters()
+        self.cache_build_workers = build_workers
         self.dataset_path = self._resolve_dataset_path(dataset_path)
         self.s3_path = s3_path
         self.use_labels = use_labels
@@ -317,7 +326,7 @@ class ImageFolderDataModule(PlannedDataModule):
             index, shape, dtype = self._scan()
             ignored = self._ignored(index)
             build_cache(
-                self._cache_file(index, ignored), index, shape, dtype, self.storage_options, self.num_workers, ignored,
+                self._cache_file(index, ignored), index, shape, dtype, self.storage_options, self.cache_build_workers, ignored,
                 max_member_bytes=self.max_member_bytes,
             )  # fmt: skip
 
@@ -347,7 +356,7 @@ class ImageFolderDataModule(PlannedDataModule):
                 if self.trainer is not None and self.trainer.world_size > 1:
                     raise RuntimeError(f"cache {cache_file} is missing: prepare_data() builds it; was it skipped?")
                 build_cache(
-                    cache_file, index, shape, dtype, self.storage_options, self.num_workers, ignored,
+                    cache_file, index, shape, dtype, self.storage_options, self.cache_build_workers, ignored,
                     max_member_bytes=self.max_member_bytes,
                 )  # fmt: skip
         self.stream = EDMStream(

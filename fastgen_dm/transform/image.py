@@ -138,13 +138,16 @@ def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[
     if pixels.dtype != torch.uint8:
         raise TypeError(f"normalize_pixels expects uint8 pixels, got {pixels.dtype}")
     if pixels.device.type == "cpu":
-        # the table's own float32 operations, elementwise: the same bits as a lookup, 10x faster
+        # the table's own float32 operations, elementwise: the same bits as a lookup, 10x faster.
+        # numpy, in place: one allocation, and one thread; torch's intra-op threads made this
+        # 0.4 ms step take 7 ms in a training process whose cores were busy.
         channels = max(len(mean), len(std))
         shape = (-1, 1, 1) if channels > 1 else (1,)
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).view(shape)
-        std_t = torch.as_tensor(std, dtype=torch.float32).view(shape)
-        # in place after the conversion: one allocation instead of four, the same bits
-        return pixels.to(torch.float32).div_(255).sub_(mean_t).div_(std_t)
+        out = pixels.numpy().astype(np.float32)
+        np.divide(out, np.float32(255), out=out)
+        np.subtract(out, np.asarray(mean, dtype=np.float32).reshape(shape), out=out)
+        np.divide(out, np.asarray(std, dtype=np.float32).reshape(shape), out=out)
+        return torch.from_numpy(out)
     table = normalization_table(mean, std).to(pixels.device)
     if table.shape[0] == 1:
         return table[0].index_select(0, pixels.reshape(-1).to(torch.int32)).view(pixels.shape)
