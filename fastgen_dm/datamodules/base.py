@@ -16,6 +16,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 import lightning
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fastgen_dm.batch.transport import BatchPacker, PackedBatch, unpack_batch
@@ -175,6 +176,10 @@ class PlannedDataModule(lightning.LightningDataModule):
         prefetch_factor: Batches each worker prepares ahead; None: the DataLoader's default (2).
         multiprocessing_context: How workers start: "fork", "spawn" or "forkserver"; None: the
             platform's default.
+        replicas: Consecutive ranks that receive identical batches (a context- or
+            sequence-parallel group); the plan splits over the groups, and a checkpoint resumes
+            on any number of groups. None: the tensor-parallel size of a ``ModelParallelStrategy``,
+            else 1. Each rank of a group reads the batch itself (no broadcast per step).
         normalize_on_device: Deliver pixels as uint8 and scale them to [-1, 1] after the
             transfer to the device (4x less host-to-device traffic, same values). Outside a
             Trainer, call :meth:`on_after_batch_transfer` yourself to get the scaled batch.
@@ -195,6 +200,7 @@ class PlannedDataModule(lightning.LightningDataModule):
         persistent_workers: bool = True,
         prefetch_factor: int | None = None,
         multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
+        replicas: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -208,6 +214,9 @@ class PlannedDataModule(lightning.LightningDataModule):
         if prefetch_factor is not None and prefetch_factor < 1:
             raise ValueError(f"prefetch_factor must be at least 1 or None (the DataLoader's default), got {prefetch_factor}")
         self.pin_memory = pin_memory
+        if replicas is not None and replicas < 1:
+            raise ValueError(f"replicas must be at least 1 or None (from the strategy), got {replicas}")
+        self.replicas = replicas
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
@@ -233,11 +242,29 @@ class PlannedDataModule(lightning.LightningDataModule):
 
     # -- placement -------------------------------------------------------------------------
     def placement(self) -> tuple[int, int]:
-        """(rank, world size) of this process: from the Trainer, else a single process."""
+        """(data-parallel rank, data-parallel size) of this process.
+
+        From the Trainer, else a single process. With ``replicas`` > 1, consecutive ranks form a
+        group (ranks ``g * replicas ... (g + 1) * replicas - 1``) that receives identical batches,
+        and the plan splits over the groups: group ``g`` is data-parallel rank ``g``.
+        """
         trainer = self.trainer
         if trainer is None:
             return 0, 1
-        return trainer.global_rank, trainer.world_size
+        replicas = self.group_size()
+        if trainer.world_size % replicas:
+            raise ValueError(f"replicas={replicas} does not divide the {trainer.world_size} GPUs into whole groups; use a divisor of {trainer.world_size}")
+        return trainer.global_rank // replicas, trainer.world_size // replicas
+
+    def group_size(self) -> int:
+        """Ranks per replica group: ``replicas``, else the Trainer strategy's tensor-parallel size, else 1."""
+        if self.replicas is not None:
+            return self.replicas
+        trainer = self.trainer
+        if trainer is not None and isinstance(trainer.strategy, ModelParallelStrategy):
+            # its device mesh is (data_parallel, tensor_parallel): consecutive ranks share the data
+            return int(trainer.strategy.device_mesh["tensor_parallel"].size())
+        return 1
 
     def make_loader(self, stream: PlannedStream, cursor: Cursor | None) -> PlannedDataLoader:
         stream.place(*self.placement())

@@ -186,6 +186,9 @@ class ImageFolderDataModule(PlannedDataModule):
         prefetch_factor: Batches each worker prepares ahead; None: the DataLoader's default (2).
         multiprocessing_context: How workers start ("fork", "spawn", "forkserver"); None: the
             platform's default.
+        replicas: Consecutive GPUs that receive identical batches (a context- or
+            sequence-parallel group); the epoch splits over the groups. None: the
+            tensor-parallel size of a ``ModelParallelStrategy``, else 1.
         normalize_on_device: Deliver uint8 pixels and scale them on the GPU after the transfer.
         tail: The epoch's last step when it does not fill every GPU: "pad" repeats a few samples
             from the start of the epoch (fewer than the number of GPUs) so every GPU gets a
@@ -242,6 +245,7 @@ class ImageFolderDataModule(PlannedDataModule):
         persistent_workers: bool = True,
         prefetch_factor: int | None = None,
         multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
+        replicas: int | None = None,
         normalize_on_device: bool = False,
         tail: TrainingTail = "pad",
         max_skip_fraction: float = 0.01,
@@ -265,6 +269,7 @@ class ImageFolderDataModule(PlannedDataModule):
         super().__init__(
             batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device,
             persistent_workers=persistent_workers, prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
+            replicas=replicas,
         )  # fmt: skip
         self.save_hyperparameters()
         self.cache_build_workers = build_workers

@@ -406,6 +406,9 @@ class WDSDataModule(PlannedDataModule):
         prefetch_factor: Batches each worker prepares ahead; None: the DataLoader's default (2).
         multiprocessing_context: How workers start ("fork", "spawn", "forkserver"); None: the
             platform's default.
+        replicas: Consecutive GPUs that receive identical batches (a context- or
+            sequence-parallel group); the epoch splits over the groups. None: the
+            tensor-parallel size of a ``ModelParallelStrategy``, else 1.
         normalize_on_device: Deliver uint8 pixels and scale them on the GPU (media families).
         storage_options: fsspec options (endpoint, credentials) for remote locations. Credentials
             are never written: checkpoints and configs hold ``"<redacted>"``, which a run started
@@ -473,6 +476,7 @@ class WDSDataModule(PlannedDataModule):
         persistent_workers: bool = True,
         prefetch_factor: int | None = None,
         multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
+        replicas: int | None = None,
         normalize_on_device: bool = False,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -480,6 +484,7 @@ class WDSDataModule(PlannedDataModule):
         super().__init__(
             batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device,
             persistent_workers=persistent_workers, prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
+            replicas=replicas,
         )  # fmt: skip
         self.save_hyperparameters()
         self.datatags = list(datatags)
