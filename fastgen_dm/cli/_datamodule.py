@@ -122,7 +122,7 @@ def data_root_note(output_dir: str | None = None) -> str:
     Example: with no $DATA_ROOT_DIR, in /home/me: "data root: /home/me/FASTGEN_OUTPUT/DATA
     (FASTGEN_OUTPUT/DATA under the current folder; set $DATA_ROOT_DIR to change it)".
     """
-    from fastgen_dm.datamodules.edm_zip import DEFAULT_DATA_ROOT, data_root
+    from fastgen_dm.datamodules.image_folder import DEFAULT_DATA_ROOT, data_root
 
     if output_dir is not None:
         source = "--output-dir"

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
-from fastgen_dm.datamodules.wds import SampleTransform, WDSDataModule
+from fastgen_dm.batch.assemble import SampleTransform
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 from fastgen_dm.format.image import IMAGE_EXTENSIONS
 from fastgen_dm.transform.image import ImageTransform, check_input_res, check_norm, normalize_pixels
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from fastgen_dm.datamodules.wds import WDSDataModule
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 from fastgen_dm.decode.video import Backend, validate_backend
 from fastgen_dm.transform.video import (
     DECODER_TYPES,

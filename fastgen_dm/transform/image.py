@@ -13,13 +13,9 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from fastgen_dm.decode.jpeg import EncodedJPEG, decode_jpegs, device_decodable
+from fastgen_dm.decode.encoded import EncodedJPEG
+from fastgen_dm.decode.jpeg import decode_jpegs, device_decodable
 from fastgen_dm.decode.image import open_image
-
-
-def hwc_to_chw(array: np.ndarray) -> np.ndarray:
-    """(H, W, C) -> (C, H, W), a view."""
-    return array.transpose(2, 0, 1)
 
 
 def scale_to_unit(pixels: torch.Tensor) -> torch.Tensor:
@@ -211,7 +207,7 @@ class ImageTransform:
         keys: Sample keys that hold images (default ``("real",)``).
         device_jpeg: Leave JPEGs that the device decodes like the CPU
             (:func:`~fastgen_dm.decode.jpeg.device_decodable`) undecoded: :meth:`image` returns
-            bytes in an :class:`~fastgen_dm.decode.jpeg.EncodedJPEG` and :meth:`decode_on_device`
+            bytes in an :class:`~fastgen_dm.decode.encoded.EncodedJPEG` and :meth:`decode_on_device`
             finishes them after the transfer. Needs ``normalize=False`` and ``exact_resize=False``.
     """
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastgen_dm.decode.encoded import EncodedVideo
 from fastgen_dm.decode.video import Backend, FramesUnavailableError, VideoDecodeError, open_video
 from fastgen_dm.transform.image import scale_to_unit
 
@@ -39,23 +40,6 @@ _RECOUNTS = 3
 
 class VideoTooShortError(VideoDecodeError):
     """A video has fewer frames than the clip needs and ``short_video="skip"`` (bad data)."""
-
-
-class EncodedVideo:
-    """A video member's bytes with where it came from: the clip's random start is seeded by these.
-
-    ``draw``: the sample's draw number in resampled mode (each draw its own clip), else None.
-    Deliberately not a tuple or dataclass: Lightning's batch transfer and the DataLoader's
-    pinning would walk into it and rebuild ``data`` from one int per byte; other objects pass.
-    """
-
-    __slots__ = ("data", "url", "key", "epoch", "draw")
-
-    def __init__(self, data: bytes, url: str, key: str, epoch: int, draw: int | None = None) -> None:
-        self.data, self.url, self.key, self.epoch, self.draw = bytes(data), url, key, epoch, draw
-
-    def __repr__(self) -> str:
-        return f"EncodedVideo(<{len(self.data)} bytes>, {self.url!r}, {self.key!r}, epoch={self.epoch}, draw={self.draw})"
 
 
 def clip_seed(seed: int, epoch: int, url: str, key: str, draw: int | None = None) -> list[int]:

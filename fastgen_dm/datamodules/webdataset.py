@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
-import numpy as np
 import torch
 
-from fastgen_dm.batch import SampleFilteredOut, SampleSpec, collate_column, drop_rows, load_constants, wds_batch
-from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
+from fastgen_dm.batch import collate_column, drop_rows, load_constants
+from fastgen_dm.batch.assemble import SampleTransform
+from fastgen_dm.datamodules.base import PlannedDataModule, TrainingTail, validate_training_tail
+from fastgen_dm.decode.sample import SampleSpec
 from fastgen_dm.index.datatags import (
     copy_remote_indexes,
     Shard,
@@ -23,11 +22,11 @@ from fastgen_dm.index.datatags import (
 )
 from fastgen_dm.index.build import index_shards
 from fastgen_dm.index.store import save_index
-from fastgen_dm.plan import Cursor, SamplePlan, ShardOrder, TailPolicy, worker_batch_ids
-from fastgen_dm.read import BadDataPolicy, keep_stepping
-from fastgen_dm.read.tar import iter_shard
-from fastgen_dm.read.wds import ShardReader
+from fastgen_dm.plan import Cursor, TailPolicy
+from fastgen_dm.read import BadDataPolicy
+from fastgen_dm.read.shard_reader import ShardReader
 from fastgen_dm.storage import is_local, list_shards, parse_datatag, check_storage_options, without_redacted
+from fastgen_dm.streams import PlannedStream, ResampledWDSStream, SampleSource, WDSStream
 
 logger = logging.getLogger(__name__)
 
@@ -35,255 +34,6 @@ DEFAULT_INDEX_DIR = "FASTGEN_OUTPUT/index"
 DEFAULT_INTERLEAVE = 64
 FASTGEN_SHUFFLE_SIZE = 1000  # WDSLoader's default buffer, in samples: the mixing blocks must match
 DEFAULT_SHUFFLE_BUFFER_BYTES = 256 << 20
-_NO_END = 1 << 62  # resampled streams never end: Lightning stops them with max_steps
-
-
-class SampleOrigin(NamedTuple):
-    """Where a sample comes from, for transforms that seed per sample (e.g. a video's clip start).
-
-    ``draw``: in resampled mode, where a sample can be drawn many times, the reader's count of
-    samples drawn before this one (so each draw gets its own clip); None in epoch mode.
-    """
-
-    url: str
-    key: str
-    epoch: int
-    draw: int | None = None
-
-
-#: A family's per-sample step after decoding: ``(sample, origin) -> sample``; raising = bad data.
-SampleTransform = Callable[[dict[str, Any], SampleOrigin], dict[str, Any]]
-
-#: Keys whose full shape must match across samples; other tensors must match in dtype and rank.
-FIXED_SHAPE_KEYS = ("real", "noise", "path")
-
-
-def _has_non_finite(value: torch.Tensor | np.ndarray) -> bool:
-    if isinstance(value, np.ndarray):
-        return value.dtype.kind in "fc" and not bool(np.isfinite(value).all())
-    return (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all())
-
-
-def _signature(value: Any) -> tuple[str, tuple[int, ...]] | None:
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return str(value.dtype), tuple(value.shape)
-    return None
-
-
-class _Decoder:
-    """Turns read samples into batches, counting bad and filtered ones (one per reader process).
-
-    The reader's first batch fixes each tensor key's dtype and rank (and, for
-    ``FIXED_SHAPE_KEYS``, its shape) by majority, so one odd sample among good ones is the one
-    counted as bad, whichever comes first; a later sample that differs is bad data too, not a
-    batch that fails to collate. ``check_finite`` also counts tensors holding NaN or Inf as bad.
-    """
-
-    def __init__(
-        self,
-        spec: SampleSpec,
-        constants: Mapping[str, Any],
-        policy: BadDataPolicy,
-        transform: SampleTransform | None = None,
-        check_finite: bool = False,
-    ) -> None:
-        self.spec, self.constants, self.policy, self.transform = spec, constants, policy, transform
-        self.check_finite = check_finite
-        self.filtered = 0
-        self.schema: dict[str, tuple[str, tuple[int, ...]]] = {}
-
-    def _fix_schema(self, samples: Sequence[Mapping[str, Any]]) -> None:
-        """Each key's most common signature among ``samples`` (FIXED_SHAPE_KEYS by full shape)."""
-        votes: dict[str, Counter[tuple[str, tuple[int, ...]]]] = {}
-        for sample in samples:
-            for key, value in sample.items():
-                signature = _signature(value)
-                if signature is not None:
-                    vote = signature if key in FIXED_SHAPE_KEYS else (signature[0], (0,) * len(signature[1]))
-                    votes.setdefault(key, Counter())[vote] += 1
-        for key, counter in votes.items():
-            self.schema.setdefault(key, counter.most_common(1)[0][0])
-
-    def _check(self, sample: Mapping[str, Any]) -> None:
-        for key, value in sample.items():
-            signature = _signature(value)
-            if signature is None:
-                continue
-            if self.check_finite and _has_non_finite(value):
-                raise ValueError(f"{key!r} holds NaN or Inf values (check_finite=True)")
-            expected = self.schema.setdefault(key, signature)
-            dtype, shape = signature
-            same_shape = shape == expected[1] if key in FIXED_SHAPE_KEYS else len(shape) == len(expected[1])
-            if dtype != expected[0] or not same_shape:
-                described = f"{expected[0]}{list(expected[1])}" if key in FIXED_SHAPE_KEYS else f"{expected[0]} with {len(expected[1])} dimensions"
-                raise ValueError(f"{key!r} is {dtype}{list(shape)}, but the dataset's are {described}")
-
-    def batch(self, items: Sequence[tuple[str, str, Any]], epoch: int, first_draw: int | None = None) -> dict[str, Any] | None:
-        """``items``: (shard url, key, members or exception); None when every sample was dropped.
-
-        ``first_draw``: the draw number of the first item (resampled mode), None in epoch mode.
-        """
-        decoded = []
-        for k, (url, key, members) in enumerate(items):
-            if isinstance(members, Exception):
-                self.policy.skip(url, key, members)
-                continue
-            try:
-                sample = self.spec.decode(members)
-                if self.transform is not None:
-                    draw = None if first_draw is None else first_draw + k
-                    sample = self.transform(sample, SampleOrigin(url, key, epoch, draw))
-            except SampleFilteredOut:
-                self.filtered += 1
-                self.policy.ok()
-                continue
-            except Exception as err:  # undecodable or incomplete sample: counted by the policy
-                self.policy.skip(url, key, err)
-                continue
-            decoded.append((url, key, sample))
-        if not self.schema:
-            self._fix_schema([sample for _, _, sample in decoded])
-        samples, fnames, shards = [], [], []
-        for url, key, sample in decoded:
-            try:
-                self._check(sample)
-            except ValueError as err:
-                self.policy.skip(url, key, err)
-                continue
-            self.policy.ok()
-            samples.append(sample)
-            fnames.append(key)
-            shards.append(url)
-        return wds_batch(samples, fnames, shards, self.constants) if samples else None
-
-
-@dataclass(frozen=True)
-class SampleSource:
-    """What a stream reads and how it turns samples into batches (shared by both stream kinds)."""
-
-    shards: tuple[Shard, ...]
-    spec: SampleSpec
-    constants: Mapping[str, Any]
-    batch_size: int
-    seed: int
-    max_skip_fraction: float
-    storage_options: Mapping[str, Any] | None = None
-    transform: SampleTransform | None = None
-    offsets_dir: str | None = None
-    check_finite: bool = False
-
-    def decoder(self, policy: BadDataPolicy) -> _Decoder:
-        return _Decoder(self.spec, self.constants, policy, self.transform, self.check_finite)
-
-
-class WDSStream(PlannedStream):
-    """Batches of a sharded dataset following the sample plan (epoch mode).
-
-    Args:
-        source: What to read and how to turn samples into batches.
-        shuffle: Shuffle shards and blocks each epoch (see :class:`fastgen_dm.plan.ShardOrder`).
-        tail: The plan's tail policy.
-        block: Consecutive samples of a shard read with one request.
-        interleave: Shards whose blocks alternate in the order.
-        prefetch_batches: Batches a reader keeps in flight ahead of the one being decoded.
-        skipped_index_dir: Where readers write the keys they skipped.
-    """
-
-    def __init__(
-        self,
-        source: SampleSource,
-        *,
-        shuffle: bool,
-        tail: TailPolicy,
-        block: int = 1,
-        interleave: int = 1,
-        prefetch_batches: int = 2,
-        skipped_index_dir: str | None = None,
-    ) -> None:
-        self.source = source
-        self.max_skip_fraction = source.max_skip_fraction
-        self.counts = np.array([s.count for s in source.shards], dtype=np.int64)
-        self.shuffle, self.tail = shuffle, tail
-        self.block, self.interleave, self.prefetch_batches = block, interleave, prefetch_batches
-        self.skipped_index_dir = skipped_index_dir
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.counts.sum())
-
-    def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        src = self.source
-        return SamplePlan(self.num_samples, src.batch_size, self.world_size, src.seed, epoch, self.shuffle, start, self.tail)
-
-    def order_for(self, epoch: int) -> ShardOrder:
-        """The epoch's order of (shard, sample) pairs, computed per position."""
-        return ShardOrder(
-            self.counts, seed=self.source.seed, epoch=epoch, shuffle=self.shuffle, block=self.block,
-            interleave=self.interleave, mix=self.source.batch_size,
-        )  # fmt: skip
-
-    def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        src = self.source
-        order = self.order_for(plan.epoch)
-        steps = worker_batch_ids(plan.rank_num_batches(self.rank), num_workers, worker_id)
-        wanted = (order.locate(plan.batch_positions(self.rank, j)) for j in steps)
-        reader = ShardReader(src.storage_options, offsets_dir=src.offsets_dir)
-        decoder = src.decoder(self.bad_data_policy(worker_id))
-        try:
-            batches = (decoder.batch(items, plan.epoch) for items in reader.prefetch(src.shards, wanted, self.prefetch_batches))
-            yield from keep_stepping(batches, f"rank {self.rank} worker {worker_id}")
-        finally:
-            reader.close()
-            if decoder.filtered:
-                logger.info(
-                    "rank %d worker %d epoch %d: %d samples filtered out (presets_filter, or a key_map member missing)",
-                    self.rank, worker_id, plan.epoch, decoder.filtered,
-                )  # fmt: skip
-            decoder.policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")
-
-
-class ResampledWDSStream(PlannedStream):
-    """An endless stream: shards drawn with replacement, whole-shard reads, a byte-bounded shuffle buffer.
-
-    FastGen's training behaviour. Seeded by (seed, rank, worker, epoch, position): the position
-    (samples drawn, in the DataModule's ``state_dict``) makes a run restarted from a checkpoint
-    draw anew rather than replay its first batches. Not an exact resume: use epoch mode for that.
-    """
-
-    def __init__(self, source: SampleSource, shuffle_buffer_bytes: int) -> None:
-        self.source = source
-        self.max_skip_fraction = source.max_skip_fraction
-        self.shuffle_buffer_bytes = shuffle_buffer_bytes
-
-    def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        return SamplePlan(_NO_END, self.source.batch_size, self.world_size, self.source.seed, epoch, shuffle=False, start=start)
-
-    def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        src = self.source
-        # the position joins the seed: a run restarted from a checkpoint draws anew instead of replaying
-        rng = np.random.default_rng([src.seed, self.rank, worker_id, plan.epoch, plan.start])
-        decoder = src.decoder(self.bad_data_policy(worker_id))
-        buffer: list[tuple[str, str, Any]] = []
-        buffered_bytes = 0
-        pending: list[tuple[str, str, Any]] = []
-        drawn = 0  # samples handed to the decoder: a sample drawn again gets another draw number
-        while True:
-            shard = src.shards[rng.integers(len(src.shards))]
-            for key, members in iter_shard(shard.url, src.storage_options):
-                if key in shard.ignored:
-                    continue
-                buffer.append((shard.url, key, members))
-                buffered_bytes += sum(map(len, members.values())) if isinstance(members, dict) else 0
-                while buffer and buffered_bytes >= self.shuffle_buffer_bytes:
-                    item = buffer.pop(int(rng.integers(len(buffer))))
-                    buffered_bytes -= sum(map(len, item[2].values())) if isinstance(item[2], dict) else 0
-                    pending.append(item)
-                    if len(pending) == src.batch_size:
-                        batch = decoder.batch(pending, plan.epoch, first_draw=drawn)
-                        drawn += len(pending)
-                        pending = []
-                        if batch is not None:
-                            yield batch
 
 
 class WDSDataModule(PlannedDataModule):

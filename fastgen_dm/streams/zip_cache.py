@@ -16,6 +16,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from fastgen_dm.decode.zip_item import decode_item
 from fastgen_dm.index import EDMIndex
 from fastgen_dm.read import EDMReader
 from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES
@@ -52,8 +53,6 @@ class _DecodeItems(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        from fastgen_dm.datamodules.edm_zip import decode_item
-
         if i in self.skip:
             return np.zeros(self.shape, self.dtype)  # an ignored item: never planned, never read
         member = self.index.members[i]
