@@ -323,7 +323,7 @@ def main(argv: list[str]) -> int:
             nbytes, seconds = raw_read(files, int(args.raw_mb * MB), getattr(dm, "storage_options", None))
             raw_mb_per_s = nbytes / MB / seconds if seconds > 0 else None
             print(f"raw read: {nbytes / MB:.1f} MB of {len(files)} file(s) in {seconds:.3f} s = {raw_mb_per_s or 0:.1f} MB/s")
-        decodes_later = getattr(dm, "decodes_on_device", False)
+        decodes_later = getattr(dm, "decode_on_device", False)
         if decodes_later:
             print("the DataModule decodes after the transfer: each batch is decoded here, on the CPU, and timed with the loader")
         results = []

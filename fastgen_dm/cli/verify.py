@@ -216,7 +216,7 @@ def _decode_epoch(dm: Any, show_progress: bool) -> tuple[int, int | None, str | 
     with tqdm(total=planned, unit="sample", desc="verify", disable=not show_progress) as bar:
         try:
             for batch in loader:
-                if getattr(dm, "decodes_on_device", False):  # what a Trainer decodes after the transfer, here on the CPU
+                if getattr(dm, "decode_on_device", False):  # what a Trainer decodes after the transfer, here on the CPU
                     batch = dm.on_after_batch_transfer(batch, 0)
                 before = len(seen)
                 seen.update(batch_ids_of(batch))

@@ -100,13 +100,13 @@ class ImageWDSDataModule(WDSDataModule):
         self.raw_keys = self.image_keys  # passed to the transform as bytes, decoded there
         self.image_transform = ImageTransform(
             input_res, self.norm_mean, self.norm_std, not normalize_on_device, exact_resize, self.image_keys,
-            device_jpeg=decode_jpeg_on_device,
+            decode_on_device=decode_jpeg_on_device,
         )  # fmt: skip
         super().__init__(
             datatags=datatags, batch_size=batch_size, key_map=key_map, normalize_on_device=normalize_on_device, **kwargs
         )
         self.input_res, self.exact_resize = input_res, exact_resize
-        self.decodes_on_device = decode_jpeg_on_device
+        self.decode_on_device = decode_jpeg_on_device  # the argument says JPEGs only; the switch is the same
 
     def sample_transform(self) -> SampleTransform:
         return self.image_transform
@@ -116,7 +116,7 @@ class ImageWDSDataModule(WDSDataModule):
         failures: dict[int, BaseException] = {}
         for key in self.image_keys:
             if isinstance(batch.get(key), list):  # a stacked tensor: the workers decoded every row
-                values[key] = self.image_transform.decode_on_device(batch[key], device)
+                values[key] = self.image_transform.decode_encoded(batch[key], device)
                 failures.update((row, v) for row, v in enumerate(values[key]) if isinstance(v, Exception))
         return values, failures
 

@@ -144,7 +144,7 @@ class WDSDataModule(PlannedDataModule):
         return None
 
     #: True when the family leaves decoding to :meth:`decode_rows`, after the transfer to the device.
-    decodes_on_device: bool = False
+    decode_on_device: bool = False
 
     def decode_rows(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, list[Any]], dict[int, BaseException]]:
         """A family's decoding after the transfer (nvJPEG, NVDEC): the keys it produces, one value per
@@ -398,11 +398,11 @@ class WDSDataModule(PlannedDataModule):
             self.pass_stream = WDSStream(counted, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.decodes_on_device:
-            batch = self._decode_on_device(batch)
+        if self.decode_on_device:
+            batch = self._decode_after_transfer(batch)
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
-    def _decode_on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _decode_after_transfer(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Run :meth:`decode_rows`; count, log and drop the rows that fail (and add them to
         ``skipped_index_dir``'s ``skipped-rank<r>-device.json``).
 

@@ -184,7 +184,7 @@ class VideoClipTransform:
         scale: Scale to float32 [-1, 1] here (on the CPU) instead of delivering uint8.
         interpolation: Resize filter.
         exact_resize: FastGen's float resize (True) or torch's faster uint8 one (see :func:`resize_crop`).
-        defer: Leave decoding for after the transfer: each video key becomes its
+        decode_on_device: Leave decoding for after the transfer: each video key becomes its
             :class:`EncodedVideo` (no cropping parameters yet), and :meth:`clip` runs later with
             the device (``VideoWDSDataModule(decode_on_device=True)``). The clip's frames are the
             same, since its start is seeded by the sample's origin, not by the process.
@@ -202,7 +202,7 @@ class VideoClipTransform:
     scale: bool = False
     interpolation: Interpolation = "bicubic"
     exact_resize: bool = True
-    defer: bool = False
+    decode_on_device: bool = False
     _draws: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -213,7 +213,7 @@ class VideoClipTransform:
         out = dict(sample)
         for key in self.video_keys:
             value = out[key] if origin is None else EncodedVideo(out[key], origin.url, origin.key, origin.epoch, origin.draw)
-            if self.defer:
+            if self.decode_on_device:
                 out[key] = value
                 continue
             clip, params = self.clip(value)
