@@ -68,9 +68,9 @@ def load_constants(
     files_map: Mapping[str, str] | None,
     presets_map: Mapping[str, str] | None,
     base_dir: str | os.PathLike | None,
+    *,
     storage_options: Mapping[str, Any] | None = None,
     optional_files: Sequence[str] = (),
-    *,
     txt_extensions: Sequence[str] = DEFAULT_TXT_EXTENSIONS,
     allow_pickle: Sequence[str] = (),
 ) -> dict[str, Any]:

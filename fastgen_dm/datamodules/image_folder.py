@@ -191,10 +191,13 @@ class ImageFolderDataModule(PlannedDataModule):
         if self.cache:
             index, shape, dtype = self._scan()
             ignored = self._ignored(index)
-            build_cache(
-                self._cache_file(index, ignored), index, shape, dtype, self.storage_options, self.num_workers, ignored,
-                max_member_bytes=self.max_member_bytes,
-            )  # fmt: skip
+            self._build_cache(self._cache_file(index, ignored), index, shape, dtype, ignored)
+
+    def _build_cache(self, path: str, index: EDMIndex, shape: tuple[int, ...], dtype: np.dtype, ignored: np.ndarray) -> None:
+        build_cache(
+            path, index, shape, dtype, storage_options=self.storage_options, num_workers=self.num_workers, skip=ignored,
+            max_member_bytes=self.max_member_bytes,
+        )  # fmt: skip
 
     def _missing_message(self) -> str:
         return f"dataset_path {self.dataset_path!r} does not exist; pass s3_path to fetch it, or create it with `fastgen prepare`"
@@ -221,13 +224,11 @@ class ImageFolderDataModule(PlannedDataModule):
             if not Path(cache_file).exists():
                 if self.trainer is not None and self.trainer.world_size > 1:
                     raise RuntimeError(f"cache {cache_file} is missing: prepare_data() builds it; was it skipped?")
-                build_cache(
-                    cache_file, index, shape, dtype, self.storage_options, self.num_workers, ignored,
-                    max_member_bytes=self.max_member_bytes,
-                )  # fmt: skip
+                self._build_cache(cache_file, index, shape, dtype, ignored)
         self.stream = EDMStream(
-            index, shape, dtype, raw_idx, flip, self.use_labels, self.batch_size, self.seed, self.shuffle,
-            self.tail, scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
+            index, item_shape=shape, item_dtype=dtype, raw_idx=raw_idx, flip=flip, use_labels=self.use_labels,
+            batch_size=self.batch_size, seed=self.seed, shuffle=self.shuffle, tail=self.tail,
+            scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
             max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options,
             skipped_index_dir=self.skipped_index_dir, max_member_bytes=self.max_member_bytes,
         )  # fmt: skip
@@ -261,8 +262,8 @@ class ImageFolderDataModule(PlannedDataModule):
     def _eval_stream(self, index: EDMIndex, shape: tuple[int, ...], dtype: np.dtype, raw_idx: np.ndarray, cache_file: str | None) -> EDMStream:
         """One unshuffled pass over ``raw_idx`` of ``index``, every item once across GPUs, no mirrors."""
         return EDMStream(
-            index, shape, dtype, raw_idx, np.zeros(len(raw_idx), dtype=bool), self.use_labels, self.batch_size, self.seed,
-            False, "uneven", scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
+            index, item_shape=shape, item_dtype=dtype, raw_idx=raw_idx, flip=np.zeros(len(raw_idx), dtype=bool),
+            use_labels=self.use_labels, batch_size=self.batch_size, seed=self.seed, shuffle=False, tail="uneven", scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
             max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options, max_member_bytes=self.max_member_bytes,
         )  # fmt: skip
 

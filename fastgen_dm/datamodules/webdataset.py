@@ -294,14 +294,15 @@ class WDSDataModule(PlannedDataModule):
 
     def _resolve(self, datatags: Sequence[str], need_counts: bool, num_shards: int | None = None) -> list[Shard]:
         return resolve_datatags(
-            datatags, self.shard_start, self.shard_end, num_shards, self.shard_count_file,
-            self.ignore_index_paths, self.index_dir, self.storage_options, need_counts,
+            datatags, shard_start=self.shard_start, shard_end=self.shard_end, num_shards=num_shards,
+            shard_count_file=self.shard_count_file, ignore_index_paths=self.ignore_index_paths,
+            index_dir=self.index_dir, storage_options=self.storage_options, need_counts=need_counts,
         )  # fmt: skip
 
     def _constants(self) -> dict[str, Any]:
         base = parse_datatag(self.datatags[0])
         return load_constants(
-            self.files_map, self.presets_map, base, self.storage_options, self.optional_files,
+            self.files_map, self.presets_map, base, storage_options=self.storage_options, optional_files=self.optional_files,
             txt_extensions=self.spec.txt_extensions, allow_pickle=self.spec.allow_pickle,
         )  # fmt: skip
 
@@ -311,8 +312,9 @@ class WDSDataModule(PlannedDataModule):
         spec = dataclasses.replace(self.spec, defaults=defaults)
         constants = {key: value for key, value in constants.items() if key not in defaults}
         return SampleSource(
-            tuple(shards), spec, constants, self.batch_size, self.seed, self.max_skip_fraction,
-            self.storage_options, self.sample_transform(), self.offsets_dir, self.check_finite,
+            tuple(shards), spec=spec, constants=constants, batch_size=self.batch_size, seed=self.seed,
+            max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options,
+            transform=self.sample_transform(), offsets_dir=self.offsets_dir, check_finite=self.check_finite,
         )  # fmt: skip
 
     @property

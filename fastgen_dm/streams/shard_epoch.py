@@ -53,7 +53,9 @@ class WDSStream(PlannedStream):
 
     def plan_for(self, epoch: int, start: int) -> SamplePlan:
         src = self.source
-        return SamplePlan(self.num_samples, src.batch_size, self.world_size, src.seed, epoch, self.shuffle, start, self.tail)
+        return SamplePlan(
+            self.num_samples, src.batch_size, self.world_size, seed=src.seed, epoch=epoch, shuffle=self.shuffle, start=start, tail=self.tail
+        )
 
     def order_for(self, epoch: int) -> ShardOrder:
         """The epoch's order of (shard, sample) pairs, computed per position."""

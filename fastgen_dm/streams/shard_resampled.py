@@ -28,7 +28,7 @@ class ResampledWDSStream(PlannedStream):
         self.shuffle_buffer_bytes = shuffle_buffer_bytes
 
     def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        return SamplePlan(_NO_END, self.source.batch_size, self.world_size, self.source.seed, epoch, shuffle=False, start=start)
+        return SamplePlan(_NO_END, self.source.batch_size, self.world_size, seed=self.source.seed, epoch=epoch, shuffle=False, start=start)
 
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         src = self.source

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Mapping
 
 from fastgen_dm.batch.assemble import BatchDecoder, SampleTransform
@@ -16,6 +16,7 @@ class SampleSource:
     """What a stream reads and how it turns samples into batches (shared by both stream kinds)."""
 
     shards: tuple[Shard, ...]
+    _: KW_ONLY
     spec: SampleSpec
     constants: Mapping[str, Any]
     batch_size: int

@@ -80,10 +80,10 @@ def build_cache(
     index: EDMIndex,
     shape: tuple[int, ...],
     dtype: np.dtype,
+    *,
     storage_options: Mapping[str, Any] | None = None,
     num_workers: int = 0,
     skip: Sequence[int] | np.ndarray = (),
-    *,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> str:
     """Decode every item of ``index`` but those numbered in ``skip`` (left zero) into ``path``

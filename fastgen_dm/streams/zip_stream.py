@@ -28,6 +28,7 @@ class EDMStream(PlannedStream):
     def __init__(
         self,
         index: EDMIndex,
+        *,
         item_shape: tuple[int, ...],
         item_dtype: np.dtype,
         raw_idx: np.ndarray,
@@ -66,7 +67,9 @@ class EDMStream(PlannedStream):
         return len(self.raw_idx)
 
     def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        return SamplePlan(len(self.raw_idx), self.batch_size, self.world_size, self.seed, epoch, self.shuffle, start, self.tail)
+        return SamplePlan(
+            len(self.raw_idx), self.batch_size, self.world_size, seed=self.seed, epoch=epoch, shuffle=self.shuffle, start=start, tail=self.tail
+        )
 
     def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         batches = rank_batches(plan, self.rank)
