@@ -17,6 +17,8 @@ from typing import Iterable, Iterator, TypeVar
 
 import torch
 
+from fastgen_dm.storage import write_atomic
+
 logger = logging.getLogger(__name__)
 
 
@@ -108,9 +110,8 @@ class BadDataPolicy:
         folder or a skip."""
         if folder is None or not self.skipped_keys:
             return
-        Path(folder).mkdir(parents=True, exist_ok=True)
         table = {posixpath.basename(source.rstrip("/")): sorted(set(keys)) for source, keys in self.skipped_keys.items()}
-        (Path(folder) / f"{name}.json").write_text(json.dumps(table, indent=1))
+        write_atomic(Path(folder) / f"{name}.json", json.dumps(table, indent=1).encode())
 
 
 def keep_stepping(batches: Iterable[Batch | None], reader: str) -> Iterator[Batch]:
