@@ -123,15 +123,6 @@ def read_recorded(folder: Path) -> list[dict[str, str]]:
     return [json.loads(line) for path in sorted(folder.glob("skips-*.jsonl")) for line in path.read_text().splitlines() if line]
 
 
-def read_skip_files(folder: Path) -> dict[str, set[str]]:
-    """Merge the readers' ``skipped-epoch*-rank*-worker*.json`` files: shard name -> keys."""
-    merged: dict[str, set[str]] = defaultdict(set)
-    for path in sorted(folder.glob("skipped-*.json")):
-        for shard, keys in json.loads(path.read_text()).items():
-            merged[shard].update(keys)
-    return dict(merged)
-
-
 def merge_bad(recorded: Iterable[Mapping[str, str]], skip_files: Mapping[str, set[str]] | None) -> list[BadSample]:
     """Bad samples from the log records, plus keys only the skip files name (cause ``unknown``).
 
@@ -314,7 +305,7 @@ def main(argv: list[str]) -> int:
             recorder.close()
             skip_log.setLevel(saved[0])
             skip_log.propagate = saved[1]
-        skip_files = read_skip_files(work) if hasattr(dm, "skipped_index_dir") else None
+        skip_files = bad_data.read_skipped(work) if hasattr(dm, "skipped_index_dir") else None
         bad = merge_bad(read_recorded(work), skip_files)
 
     stream = getattr(dm, "train_stream", None)

@@ -23,7 +23,7 @@ from fastgen_dm.index.datatags import (
 from fastgen_dm.index.build import index_shards
 from fastgen_dm.index.store import save_index
 from fastgen_dm.plan import Cursor, TailPolicy
-from fastgen_dm.read import BadDataPolicy
+from fastgen_dm.read import BadDataPolicy, StandIn, skipped_name
 from fastgen_dm.read.shard_reader import ShardReader
 from fastgen_dm.storage import is_local, list_shards, parse_datatag, check_storage_options, without_redacted
 from fastgen_dm.streams import PlannedStream, ResampledWDSStream, SampleSource, WDSStream
@@ -229,7 +229,7 @@ class WDSDataModule(PlannedDataModule):
         self.pass_stream: WDSStream | None = None  # the training samples, once, for test and predict without val_datatags
         # samples that fail to decode on the device are bad data of the main process
         self.device_bad_data = BadDataPolicy(max_skip_fraction)
-        self._last_decoded: dict[str, Any] | None = None
+        self._device_stand_in: StandIn[dict[str, Any]] = StandIn("the main process")
 
     def _validate(self, train: bool) -> None:
         for tag in [*self.datatags, *self.val_datatags]:
@@ -418,19 +418,19 @@ class WDSDataModule(PlannedDataModule):
             else:
                 self.device_bad_data.ok()
         if failures:
-            self.device_bad_data.write_skipped(self.skipped_index_dir, f"skipped-rank{self.placement()[0]}-device")
+            self.device_bad_data.write_skipped(self.skipped_index_dir, skipped_name(self.placement()[0], "device"))
         if len(failures) == len(batch["fname"]):
-            if self._last_decoded is None:
+            previous = self._device_stand_in.lost("every sample of a batch failed to decode on the device")
+            if previous is None:
                 raise RuntimeError(
                     f"every sample of the first batch failed to decode on the device; first: "
                     f"{batch['fname'][0]} in {batch['shard'][0]}: {failures[0]!r}"
                 )
-            logger.warning("every sample of a batch failed to decode on the device; repeating the previous batch")
-            return dict(self._last_decoded)
+            return dict(previous)
         batch = drop_rows({**batch, **values}, failures)
         for key in values:
             batch[key] = collate_column(batch[key])
-        self._last_decoded = dict(batch)
+        self._device_stand_in.good(dict(batch))
         return batch
 
     def train_dataloader(self):

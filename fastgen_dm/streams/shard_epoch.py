@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from fastgen_dm.plan import SamplePlan, ShardOrder, TailPolicy, worker_batch_ids
-from fastgen_dm.read import keep_stepping
+from fastgen_dm.read import keep_stepping, skipped_name
 from fastgen_dm.read.shard_reader import ShardReader
 from fastgen_dm.streams.planned import PlannedStream
 from fastgen_dm.streams.shard_source import SampleSource
@@ -81,4 +81,4 @@ class WDSStream(PlannedStream):
                     "rank %d worker %d epoch %d: %d samples filtered out (presets_filter, or a key_map member missing)",
                     self.rank, worker_id, plan.epoch, decoder.filtered,
                 )  # fmt: skip
-            decoder.policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")
+            decoder.policy.write_skipped(self.skipped_index_dir, skipped_name(self.rank, f"worker{worker_id}", plan.epoch))

@@ -11,7 +11,7 @@ from fastgen_dm.batch import zip_batch
 from fastgen_dm.decode.zip_item import decode_item
 from fastgen_dm.index import EDMIndex
 from fastgen_dm.plan import SamplePlan, TailPolicy, rank_batches, worker_batch_ids
-from fastgen_dm.read import BadDataPolicy, EDMReader, keep_stepping
+from fastgen_dm.read import BadDataPolicy, EDMReader, keep_stepping, skipped_name
 from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES
 from fastgen_dm.streams.planned import PlannedStream
 from fastgen_dm.streams.zip_cache import open_cache
@@ -80,7 +80,7 @@ class EDMStream(PlannedStream):
             yield from keep_stepping(lost_or_loaded, f"rank {self.rank} worker {worker_id}")
         finally:
             self.reader.close()
-            policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")
+            policy.write_skipped(self.skipped_index_dir, skipped_name(self.rank, f"worker{worker_id}", plan.epoch))
 
     def _load(self, items: np.ndarray, store: np.ndarray | None, policy: BadDataPolicy) -> dict[str, Any] | None:
         raw = self.raw_idx[items]
