@@ -145,8 +145,19 @@ def root_cause(err: BaseException) -> BaseException:
         err = inner
 
 
+def is_planned(dm: Any) -> bool:
+    """Whether ``dm`` is one of this package's DataModules, with their public inspection API
+    (``with_overrides``, ``data_files``, ``shards``, ...); ``--data`` also takes any other."""
+    from fastgen_dm.datamodules import PlannedDataModule
+
+    return isinstance(dm, PlannedDataModule)
+
+
 def override(dm: Any, name: str, value: Any, changed: list[str]) -> None:
-    """Set ``dm.<name> = value`` when the DataModule has that attribute; note it in ``changed`` when it differs."""
+    """Set ``dm.<name> = value`` when the DataModule has that attribute; note it in ``changed`` when it differs.
+
+    For a DataModule of another package, which offers no ``with_overrides``.
+    """
     if hasattr(dm, name) and getattr(dm, name) != value:
         changed.append(f"{name}={value!r}")
         setattr(dm, name, value)

@@ -12,11 +12,12 @@ import inspect
 import logging
 import os
 import types
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, TypeVar
 
 import lightning
 import torch
 
+from fastgen_dm.index.datatags import Shard, load_ignore_index
 from fastgen_dm.plan import Cursor
 from fastgen_dm.read import new_tally
 from fastgen_dm.storage import redact_storage_options
@@ -24,6 +25,8 @@ from fastgen_dm.streams.planned import PlannedDataLoader, PlannedStream
 from fastgen_dm.transform import scale_to_unit
 
 logger = logging.getLogger(__name__)
+
+_Self = TypeVar("_Self", bound="PlannedDataModule")
 
 #: The plan's tail policies a training run may use: "uneven" (for evaluation) gives ranks
 #: different numbers of steps, and DDP hangs on the rank that waits.
@@ -101,6 +104,7 @@ class PlannedDataModule(lightning.LightningDataModule):
         values in its ``storage_options`` attribute, which nothing writes.
         """
         super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        self._init_args = dict(self._hparams)  # unredacted, for with_overrides; never written
         for hparams in (self._hparams, self._hparams_initial):
             if hparams.get("storage_options"):
                 hparams["storage_options"] = redact_storage_options(hparams["storage_options"])
@@ -142,9 +146,23 @@ class PlannedDataModule(lightning.LightningDataModule):
         """The family's training stream, None before ``setup``."""
         raise NotImplementedError
 
-    def val_dataloader(self) -> Any:
+    def _set_up(self, stage: str) -> PlannedStream:
+        """The training stream, running ``setup(stage)`` first when nothing has.
+
+        Lightning calls ``setup`` before it asks for a loader; a notebook or script may ask for one
+        directly (``dm.train_dataloader()``), and gets the same loader.
+        """
         if self._training_stream() is None:
-            self.setup("validate")
+            self.setup(stage)
+        stream = self._training_stream()
+        assert stream is not None, f"{type(self).__name__}.setup({stage!r}) made no training stream"
+        return stream
+
+    def train_dataloader(self) -> PlannedDataLoader:
+        return self.make_loader(self._set_up("fit"), self.cursor)
+
+    def val_dataloader(self) -> Any:
+        self._set_up("validate")
         if self.val_stream is None:
             return []  # Lightning skips validation
         return self.make_loader(self.val_stream, None)
@@ -157,12 +175,58 @@ class PlannedDataModule(lightning.LightningDataModule):
 
     def _eval_loader(self, stage: str) -> PlannedDataLoader:
         """The validation set once, else the training data once: unshuffled, every sample once across GPUs."""
-        if self._training_stream() is None:
-            self.setup(stage)
+        self._set_up(stage)
         stream = self.val_stream if self.val_stream is not None else self.pass_stream
         if stream is None:
             raise RuntimeError(f"no one-pass stream for {stage}: setup ran for another stage in resampled mode; call setup({stage!r}) first")
         return self.make_loader(stream, None)
+
+    # -- inspection: the public questions tools (fastgen verify, bench, show) and scripts ask -
+    #: fsspec options of the data's location (credentials included: the DataModule writes none of them).
+    storage_options: dict[str, Any] | None = None
+    #: Ignore-index files whose samples are never read (see each family's ``ignore_index_paths``).
+    ignore_index_paths: Sequence[str] = ()
+    #: True when the family leaves decoding to :meth:`on_after_batch_transfer` (on the training
+    #: device); a loop outside a Trainer then calls ``on_after_batch_transfer(batch, 0)`` itself.
+    decode_on_device: bool = False
+
+    def with_overrides(self: _Self, **changes: Any) -> _Self:
+        """A new DataModule of this class with the same arguments, but ``changes``.
+
+        Example: ``dm.with_overrides(shuffle=False, num_workers=0)``. Nothing of this one's state
+        (setup, cursor, Trainer) carries over.
+
+        Raises:
+            TypeError: An argument the class does not take; the message lists those it takes.
+        """
+        unknown = sorted(set(changes) - set(self._init_args))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} takes no argument {unknown[0]!r}; it takes {sorted(self._init_args)}")
+        return type(self)(**{**self._init_args, **changes})
+
+    def takes(self, argument: str) -> bool:
+        """Whether the DataModule has the ``__init__`` argument ``argument`` (what :meth:`with_overrides` accepts)."""
+        return argument in self._init_args
+
+    def data_files(self) -> list[tuple[str, int]]:
+        """``(url, bytes)`` of every file the training set is read from, in order."""
+        raise NotImplementedError
+
+    def shards(self) -> tuple[Shard, ...]:
+        """The training set's shards with their counts and ignored keys (after ``setup``); () for zip datasets."""
+        return ()
+
+    def epoch_samples(self) -> int | None:
+        """Samples one training epoch plans (after ``setup``, before padding); None for an endless stream."""
+        raise NotImplementedError
+
+    def ignored_keys(self) -> dict[str, frozenset[str]]:
+        """What ``ignore_index_paths`` list: ``{"<file name or URL>": keys}`` (several files merged)."""
+        return load_ignore_index(self.ignore_index_paths, self.storage_options)
+
+    def pixels_in_unit_range(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """The batch's ``key`` with pixels in [-1, 1], as drawn: families that normalize otherwise undo it."""
+        return x
 
     # -- position --------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

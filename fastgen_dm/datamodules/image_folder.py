@@ -16,7 +16,7 @@ from fastgen_dm.index import EDMIndex, scan_edm
 from fastgen_dm.index.datatags import load_ignore_index
 from fastgen_dm.plan import Cursor, SamplePlan
 from fastgen_dm.read import EDMReader
-from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, check_max_member_bytes, exists, fetch_once, is_local, check_storage_options, without_redacted
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, check_max_member_bytes, exists, fetch_once, is_local, check_storage_options, resolve_fs, without_redacted
 from fastgen_dm.streams import EDMStream
 from fastgen_dm.streams.zip_cache import build_cache, cache_path
 
@@ -318,11 +318,18 @@ class ImageFolderDataModule(PlannedDataModule):
         fingerprint = index.fingerprint if len(ignored) == 0 else f"{index.fingerprint} ignoring {ignored.tolist()}"
         return cache_path(folder, Path(self.dataset_path).name, fingerprint)
 
-    def train_dataloader(self):
-        if self.stream is None:
-            self.setup("fit")
-        assert self.stream is not None
-        return self.make_loader(self.stream, self.cursor)
-
     def _training_stream(self) -> EDMStream | None:
         return self.stream
+
+    # -- inspection ------------------------------------------------------------------------
+    def data_files(self) -> list[tuple[str, int]]:
+        """The zip, or every file of the folder, with its size."""
+        fs, fs_path = resolve_fs(self.dataset_path, self.storage_options)
+        if fs.isdir(fs_path):
+            protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+            return [(prefix + p, int(info["size"])) for p, info in sorted(fs.find(fs_path, detail=True).items())]
+        return [(str(self.dataset_path), int(fs.size(fs_path)))]
+
+    def epoch_samples(self) -> int | None:
+        return None if self.stream is None else self.stream.num_samples

@@ -16,6 +16,7 @@ from fastgen_dm.batch.assemble import SampleTransform
 from fastgen_dm.datamodules.webdataset import WDSDataModule
 from fastgen_dm.format.image import IMAGE_EXTENSIONS
 from fastgen_dm.transform.image import ImageTransform, check_input_res, check_norm, normalize_pixels
+from fastgen_dm.viz import unnormalize
 
 
 class ImageWDSDataModule(WDSDataModule):
@@ -119,6 +120,12 @@ class ImageWDSDataModule(WDSDataModule):
                 values[key] = self.image_transform.decode_encoded(batch[key], device)
                 failures.update((row, v) for row, v in enumerate(values[key]) if isinstance(v, Exception))
         return values, failures
+
+    def pixels_in_unit_range(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """Undo ``(x / 255 - norm_mean) / norm_std`` of float image keys, back to [-1, 1]; other keys as they are."""
+        if key not in self.image_keys or not x.is_floating_point():
+            return x
+        return unnormalize(x, self.norm_mean, self.norm_std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         batch = super().on_after_batch_transfer(batch, dataloader_idx)  # advances the cursor

@@ -143,9 +143,6 @@ class WDSDataModule(PlannedDataModule):
         """A picklable per-sample step after decoding (media families decode and crop here)."""
         return None
 
-    #: True when the family leaves decoding to :meth:`decode_rows`, after the transfer to the device.
-    decode_on_device: bool = False
-
     def decode_rows(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, list[Any]], dict[int, BaseException]]:
         """A family's decoding after the transfer (nvJPEG, NVDEC): the keys it produces, one value per
         row, and the rows that failed with their errors (their values are ignored)."""
@@ -434,15 +431,25 @@ class WDSDataModule(PlannedDataModule):
         return batch
 
     def train_dataloader(self):
-        if self.train_stream is None:
-            self.setup("fit")
+        loader = super().train_dataloader()
         assert self.train_stream is not None
-        loader = self.make_loader(self.train_stream, self.cursor)
         self.device_bad_data.tally = self.train_stream.tally  # the main process's row of the run totals
         return loader
 
     def _training_stream(self) -> PlannedStream | None:
         return self.train_stream
+
+    # -- inspection ------------------------------------------------------------------------
+    def data_files(self) -> list[tuple[str, int]]:
+        """Every shard of every datatag, with its size."""
+        return [(f.url, f.size) for tag in self.datatags for f in list_shards(parse_datatag(tag), self.storage_options, tag)]
+
+    def shards(self) -> tuple[Shard, ...]:
+        stream = self.train_stream
+        return stream.source.shards if isinstance(stream, (WDSStream, ResampledWDSStream)) else ()
+
+    def epoch_samples(self) -> int | None:
+        return self.train_stream.num_samples if isinstance(self.train_stream, WDSStream) else None
 
 
 def _tail_from(tail: TailPolicy | None, partial: bool | None) -> TailPolicy:
