@@ -1,11 +1,9 @@
 """Batch layer: the dictionaries training code receives."""
 
 from fastgen_dm.batch.collate import collate_column, drop_rows, one_hot, wds_batch, zip_batch
-from fastgen_dm.batch.wds import SampleFilteredOut, SampleSpec, load_constants, preset
+from fastgen_dm.batch.constants import load_constants, preset
 
 __all__ = [
-    "SampleFilteredOut",
-    "SampleSpec",
     "collate_column",
     "drop_rows",
     "load_constants",

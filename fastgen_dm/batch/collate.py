@@ -15,7 +15,7 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 import torch
 
-RESERVED_KEYS = frozenset({"fname", "shard"})  # batch keys wds_batch writes itself
+from fastgen_dm.decode.sample import RESERVED_KEYS
 
 
 def one_hot(labels: np.ndarray | None, num_classes: int, batch: int) -> torch.Tensor:

@@ -122,7 +122,7 @@ def data_root_note(output_dir: str | None = None) -> str:
     Example: with no $DATA_ROOT_DIR, in /home/me: "data root: /home/me/FASTGEN_OUTPUT/DATA
     (FASTGEN_OUTPUT/DATA under the current folder; set $DATA_ROOT_DIR to change it)".
     """
-    from fastgen_dm.datamodules.edm_zip import DEFAULT_DATA_ROOT, data_root
+    from fastgen_dm.datamodules.image_folder import DEFAULT_DATA_ROOT, data_root
 
     if output_dir is not None:
         source = "--output-dir"
@@ -145,8 +145,19 @@ def root_cause(err: BaseException) -> BaseException:
         err = inner
 
 
+def is_planned(dm: Any) -> bool:
+    """Whether ``dm`` is one of this package's DataModules, with their public inspection API
+    (``with_overrides``, ``data_files``, ``shards``, ...); ``--data`` also takes any other."""
+    from fastgen_dm.datamodules import PlannedDataModule
+
+    return isinstance(dm, PlannedDataModule)
+
+
 def override(dm: Any, name: str, value: Any, changed: list[str]) -> None:
-    """Set ``dm.<name> = value`` when the DataModule has that attribute; note it in ``changed`` when it differs."""
+    """Set ``dm.<name> = value`` when the DataModule has that attribute; note it in ``changed`` when it differs.
+
+    For a DataModule of another package, which offers no ``with_overrides``.
+    """
     if hasattr(dm, name) and getattr(dm, name) != value:
         changed.append(f"{name}={value!r}")
         setattr(dm, name, value)

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from fastgen_dm.cli._datamodule import build_datamodule, fail, family_name, tool_parser
+from fastgen_dm.cli._datamodule import build_datamodule, fail, family_name, is_planned, tool_parser
 
 DESCRIPTION = (
     "Measure the DataModule's training loader: time to first batch, samples/s, MB/s, share of time waiting "
@@ -201,24 +201,6 @@ class PeakRSS:
 # -- the raw reference -----------------------------------------------------------------------------
 
 
-def data_files(dm: Any) -> list[tuple[str, int]]:
-    """(url, bytes) of the files the DataModule reads: its shards, or its zip (or the files of its folder)."""
-    from fastgen_dm.storage import list_shards, parse_datatag, resolve_fs
-
-    options = getattr(dm, "storage_options", None)
-    if getattr(dm, "datatags", None):
-        return [(f.url, f.size) for tag in dm.datatags for f in list_shards(parse_datatag(tag), options, tag)]
-    path = getattr(dm, "dataset_path", None)
-    if path is None:
-        return []
-    fs, fs_path = resolve_fs(path, options)
-    if fs.isdir(fs_path):
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-        return [(prefix + p, int(info["size"])) for p, info in sorted(fs.find(fs_path, detail=True).items())]
-    return [(str(path), int(fs.size(fs_path)))]
-
-
 def raw_read(files: Iterable[tuple[str, int]], max_bytes: int, options: Mapping[str, Any] | None) -> tuple[int, float]:
     """(bytes, seconds) to read the files' bytes in order, sequentially, up to ``max_bytes``."""
     from fastgen_dm.storage import open_url
@@ -295,6 +277,18 @@ def format_results(results: Sequence[Result], raw_mb_per_s: float | None) -> str
     return table(rows)
 
 
+def _with_workers(dm: Any, workers: int, planned: bool) -> Any:
+    """``dm`` with ``num_workers=workers``, set up: a rebuilt DataModule, or (another package's) ``dm`` itself changed."""
+    if not planned:
+        dm.num_workers = workers
+        return dm
+    if workers == dm.num_workers:
+        return dm
+    rebuilt = dm.with_overrides(num_workers=workers)
+    rebuilt.setup("fit")
+    return rebuilt
+
+
 def main(argv: list[str]) -> int:
     parser = tool_parser("fastgen bench", DESCRIPTION, EXAMPLES)
     parser.add_argument("--batches", type=int, default=50, metavar="N", help="batches timed after the first (default: 50; fewer if the epoch ends)")
@@ -318,20 +312,21 @@ def main(argv: list[str]) -> int:
         dm.setup("fit")
         print(f"fastgen bench: {family_name(dm)}, batch_size {dm.batch_size}, up to {args.batches} batches after the first, step {args.step_ms:g} ms")
         raw_mb_per_s = None
-        files = data_files(dm)
+        planned = is_planned(dm)
+        files = dm.data_files() if planned else []  # another package's DataModule names no files
         if args.raw_mb and files:
-            nbytes, seconds = raw_read(files, int(args.raw_mb * MB), getattr(dm, "storage_options", None))
+            nbytes, seconds = raw_read(files, int(args.raw_mb * MB), dm.storage_options)
             raw_mb_per_s = nbytes / MB / seconds if seconds > 0 else None
             print(f"raw read: {nbytes / MB:.1f} MB of {len(files)} file(s) in {seconds:.3f} s = {raw_mb_per_s or 0:.1f} MB/s")
-        decodes_later = getattr(dm, "decodes_on_device", False)
+        decodes_later = planned and dm.decode_on_device
         if decodes_later:
             print("the DataModule decodes after the transfer: each batch is decoded here, on the CPU, and timed with the loader")
         results = []
         for workers in sweep if sweep is not None else [dm.num_workers]:
-            dm.num_workers = workers
-            loader = dm.train_dataloader()
+            run_dm = _with_workers(dm, workers, planned)
+            loader = run_dm.train_dataloader()
             if decodes_later:
-                loader = (dm.on_after_batch_transfer(batch, 0) for batch in loader)
+                loader = (run_dm.on_after_batch_transfer(batch, 0) for batch in loader)
             results.append(measure(loader, workers, args.batches, args.step_ms / 1000))
     except (FileNotFoundError, ValueError) as err:
         fail(parser, str(err))

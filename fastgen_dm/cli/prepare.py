@@ -9,7 +9,7 @@ import pickle
 from pathlib import Path
 
 from fastgen_dm.cli._datamodule import data_root_note
-from fastgen_dm.datamodules.edm_zip import data_root
+from fastgen_dm.datamodules.image_folder import data_root
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fastgen_dm import viz
-from fastgen_dm.cli._datamodule import build_datamodule, fail, family_name, tool_parser
+from fastgen_dm.cli._datamodule import build_datamodule, fail, family_name, is_planned, tool_parser
 
 DESCRIPTION = "Draw the first batch(es) of the DataModule's training loader as a PNG: images as a labelled grid, videos as frame strips, latents as channel images with a histogram of values."
 EXAMPLES = (
@@ -64,17 +64,6 @@ def labels_of(batch: dict[str, Any], n: int) -> list[str] | None:
     if isinstance(idx, torch.Tensor):
         return [f"#{i}" for i in idx[:n].tolist()]
     return None
-
-
-def pixels_in_unit_range(dm: Any, key: str, x: torch.Tensor) -> torch.Tensor:
-    """Undo a family's ``(x / 255 - norm_mean) / norm_std`` (images in WebDataset shards) back to [-1, 1].
-
-    Families without ``norm_mean``/``norm_std`` already deliver [-1, 1]; ``x`` is returned as is.
-    """
-    mean, std = getattr(dm, "norm_mean", None), getattr(dm, "norm_std", None)
-    if mean is None or std is None or not x.is_floating_point() or key not in getattr(dm, "image_keys", (key,)):
-        return x
-    return viz.unnormalize(x, mean, std)
 
 
 def _join(batches: list[dict[str, Any]], max_items: int) -> dict[str, Any]:
@@ -136,7 +125,8 @@ def main(argv: list[str]) -> int:
     if not isinstance(x, torch.Tensor):
         tensors = sorted(k for k, v in batch.items() if isinstance(v, torch.Tensor))
         fail(parser, f"--key {args.key!r}: the batch has no tensor {args.key!r}; its tensors are {tensors}")
-    x = pixels_in_unit_range(dm, args.key, x)
+    if is_planned(dm):
+        x = dm.pixels_in_unit_range(args.key, x)  # as the zip family's pixels: [-1, 1]
     try:
         kind = kind_of(x) if args.kind == "auto" else args.kind
         picture, frames = draw(x, kind, labels_of(batch, len(x)), args.columns)

@@ -72,10 +72,11 @@ class FastGenCLI(LightningCLI):
     def before_fit(self) -> None:
         # A DataModule reading the data root (a relative default) names it, absolute, once.
         from fastgen_dm.cli._datamodule import data_root_note
-        from fastgen_dm.datamodules.edm_zip import data_root
+        from fastgen_dm.datamodules.image_folder import ImageFolderDataModule, data_root
 
-        dataset_path = getattr(self.datamodule, "dataset_path", None)
-        if isinstance(dataset_path, str) and Path(dataset_path).resolve().is_relative_to(Path(data_root()).resolve()):
+        if not isinstance(self.datamodule, ImageFolderDataModule):
+            return
+        if Path(self.datamodule.dataset_path).resolve().is_relative_to(Path(data_root()).resolve()):
             logger.info(data_root_note())
 
     def instantiate_classes(self) -> None:

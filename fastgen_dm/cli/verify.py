@@ -40,7 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from tqdm import tqdm
 
-from fastgen_dm.cli._datamodule import build_datamodule, fail, family_name, override, tool_parser, workers_inherit_handlers
+from fastgen_dm.cli._datamodule import build_datamodule, fail, family_name, is_planned, override, tool_parser, workers_inherit_handlers
 
 DESCRIPTION = (
     "Decode every sample of the DataModule's training set once (one unshuffled epoch, every bad sample "
@@ -123,15 +123,6 @@ def read_recorded(folder: Path) -> list[dict[str, str]]:
     return [json.loads(line) for path in sorted(folder.glob("skips-*.jsonl")) for line in path.read_text().splitlines() if line]
 
 
-def read_skip_files(folder: Path) -> dict[str, set[str]]:
-    """Merge the readers' ``skipped-epoch*-rank*-worker*.json`` files: shard name -> keys."""
-    merged: dict[str, set[str]] = defaultdict(set)
-    for path in sorted(folder.glob("skipped-*.json")):
-        for shard, keys in json.loads(path.read_text()).items():
-            merged[shard].update(keys)
-    return dict(merged)
-
-
 def merge_bad(recorded: Iterable[Mapping[str, str]], skip_files: Mapping[str, set[str]] | None) -> list[BadSample]:
     """Bad samples from the log records, plus keys only the skip files name (cause ``unknown``).
 
@@ -187,22 +178,22 @@ def damaged_shards(shards: Sequence[Any], storage_options: Mapping[str, Any] | N
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def _configure(dm: Any, skipped_dir: Path) -> list[str]:
+#: What verify changes, where the DataModule takes the argument: one unshuffled epoch, every bad sample tolerated.
+ONE_EPOCH = {"shuffle": False, "max_skip_fraction": 1.0, "sampler_start_idx": 0, "xflip": False, "cache": False, "resampled": False}
+
+
+def _configure(dm: Any, skipped_dir: Path) -> tuple[Any, list[str]]:
+    """The DataModule verify reads, and the changes to say (``["shuffle=False", ...]``)."""
+    if is_planned(dm):
+        changes = {name: value for name, value in ONE_EPOCH.items() if dm.takes(name) and dm.hparams[name] != value}
+        # the readers' (and the device decode's) skipped keys land in skipped_dir
+        return dm.with_overrides(**changes, skipped_index_dir=str(skipped_dir)), [f"{k}={v!r}" for k, v in changes.items()]
     changed: list[str] = []
-    for name, value in (
-        ("shuffle", False),
-        ("max_skip_fraction", 1.0),
-        ("sampler_start_idx", 0),
-        ("xflip", False),
-        ("cache", False),
-        ("resampled", False),
-    ):
+    for name, value in ONE_EPOCH.items():
         override(dm, name, value, changed)
-    if hasattr(dm, "skipped_index_dir"):
-        dm.skipped_index_dir = str(skipped_dir)
-    elif not workers_inherit_handlers():
+    if not workers_inherit_handlers():
         override(dm, "num_workers", 0, changed)  # its skips reach us only as log records of this process
-    return changed
+    return dm, changed
 
 
 def _decode_epoch(dm: Any, show_progress: bool) -> tuple[int, int | None, str | None]:
@@ -210,13 +201,14 @@ def _decode_epoch(dm: Any, show_progress: bool) -> tuple[int, int | None, str | 
     from fastgen_dm.models.probe import batch_ids_of
 
     loader = dm.train_dataloader()
-    planned = getattr(loader.dataset, "num_samples", None)
+    planned = dm.samples_per_epoch() if is_planned(dm) else None
+    decodes_later = is_planned(dm) and dm.decode_on_device
     seen: set[Any] = set()  # ids, not counts: a batch that lost every sample repeats the previous one
     error = None
     with tqdm(total=planned, unit="sample", desc="verify", disable=not show_progress) as bar:
         try:
             for batch in loader:
-                if getattr(dm, "decodes_on_device", False):  # what a Trainer decodes after the transfer, here on the CPU
+                if decodes_later:  # what a Trainer decodes after the transfer, here on the CPU
                     batch = dm.on_after_batch_transfer(batch, 0)
                 before = len(seen)
                 seen.update(batch_ids_of(batch))
@@ -233,10 +225,8 @@ def _ignore_table(bad: Sequence[BadSample], damaged: Sequence[DamagedShard], dm:
         table[b.shard].add(b.key)
     for d in damaged:
         table[posixpath.basename(d.url)].update(d.lost_keys)
-    if getattr(dm, "ignore_index_paths", None):
-        from fastgen_dm.index.datatags import load_ignore_index
-
-        for shard, keys in load_ignore_index(dm.ignore_index_paths, getattr(dm, "storage_options", None)).items():
+    if is_planned(dm):
+        for shard, keys in dm.ignored_keys().items():
             table[posixpath.basename(shard)].update(keys)
     return {shard: sorted(keys) for shard, keys in sorted(table.items()) if keys}
 
@@ -295,7 +285,7 @@ def main(argv: list[str]) -> int:
     skip_log = bad_data.logger
     with tempfile.TemporaryDirectory(prefix="fastgen-verify-") as tmp:
         work = Path(tmp)
-        changed = _configure(dm, work)
+        dm, changed = _configure(dm, work)
         if changed:
             print(f"verify reads one unshuffled epoch: set {', '.join(changed)}")
         recorder = SkipRecorder(work)
@@ -314,12 +304,11 @@ def main(argv: list[str]) -> int:
             recorder.close()
             skip_log.setLevel(saved[0])
             skip_log.propagate = saved[1]
-        skip_files = read_skip_files(work) if hasattr(dm, "skipped_index_dir") else None
+        skip_files = bad_data.read_skipped(work) if is_planned(dm) else None
         bad = merge_bad(read_recorded(work), skip_files)
 
-    stream = getattr(dm, "train_stream", None)
-    shards = getattr(getattr(stream, "source", None), "shards", None)
-    damaged = damaged_shards(shards, getattr(dm, "storage_options", None), args.shard_threads) if shards else []
+    shards = dm.shards() if is_planned(dm) else ()
+    damaged = damaged_shards(shards, dm.storage_options, args.shard_threads) if shards else []
     _report(family_name(dm), ok, planned, bad, damaged, args.max_report)
     if stopped:
         print(f"the epoch stopped early: {stopped}")

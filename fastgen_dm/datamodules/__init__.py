@@ -1,14 +1,14 @@
 """DataModule layer: one LightningDataModule per family."""
 
-from fastgen_dm.datamodules.base import PlannedDataLoader, PlannedDataModule, PlannedStream
+from fastgen_dm.datamodules.base import PlannedDataModule
 from fastgen_dm.datamodules.cifar10 import CIFAR10DataModule
 from fastgen_dm.datamodules.demo import DemoDataModule
-from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
+from fastgen_dm.datamodules.image_folder import ImageFolderDataModule
 from fastgen_dm.datamodules.imagenet import ImageNet64DataModule, ImageNet64EDMv2DataModule, ImageNet256DataModule
 from fastgen_dm.datamodules.images import ImageWDSDataModule
 from fastgen_dm.datamodules.latents import ImageLatentDataModule, PairDataModule, PathDataModule, VideoLatentDataModule
 from fastgen_dm.datamodules.videos import VideoWDSDataModule
-from fastgen_dm.datamodules.wds import WDSDataModule
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 
 __all__ = [
     "CIFAR10DataModule",
@@ -21,9 +21,7 @@ __all__ = [
     "ImageWDSDataModule",
     "PairDataModule",
     "PathDataModule",
-    "PlannedDataLoader",
     "PlannedDataModule",
-    "PlannedStream",
     "VideoLatentDataModule",
     "VideoWDSDataModule",
     "WDSDataModule",

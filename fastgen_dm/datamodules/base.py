@@ -1,9 +1,9 @@
 """Lightning glue shared by every family: placement, the position cursor, loaders, state.
 
-A family provides a :class:`PlannedStream` (an ``IterableDataset`` that yields whole batches of
-its rank's plan, split among DataLoader workers). This module turns it into a DataLoader whose
-every iteration starts where the cursor stands, counts the steps the training loop consumes,
-and stores the cursor in the DataModule's ``state_dict`` (which Lightning puts in checkpoints).
+A family provides a :class:`~fastgen_dm.streams.PlannedStream`; this module turns it into a
+:class:`~fastgen_dm.streams.PlannedDataLoader` whose every iteration starts where the cursor
+stands, counts the steps the training loop consumes, and stores the cursor in the DataModule's
+``state_dict`` (which Lightning puts in checkpoints).
 """
 
 from __future__ import annotations
@@ -12,20 +12,22 @@ import inspect
 import logging
 import os
 import types
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence, TypeVar
 
 import lightning
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fastgen_dm.batch.transport import BatchPacker, PackedBatch, unpack_batch
-from fastgen_dm.plan import Cursor, EpochPlan
-from fastgen_dm.read import BadDataPolicy, new_tally
+from fastgen_dm.index.datatags import Shard, load_ignore_index
+from fastgen_dm.plan import Cursor
+from fastgen_dm.read import new_tally
 from fastgen_dm.storage import redact_storage_options
+from fastgen_dm.streams.planned import PlannedDataLoader, PlannedStream
 from fastgen_dm.transform import scale_to_unit
 
 logger = logging.getLogger(__name__)
+
+_Self = TypeVar("_Self", bound="PlannedDataModule")
 
 #: The plan's tail policies a training run may use: "uneven" (for evaluation) gives ranks
 #: different numbers of steps, and DDP hangs on the rank that waits.
@@ -37,117 +39,6 @@ def validate_training_tail(tail: str) -> None:
         raise ValueError("tail 'uneven' is for evaluation only: ranks would take different numbers of steps; use 'pad' or 'drop'")
     if tail not in ("pad", "drop"):
         raise ValueError(f"tail {tail!r} is unknown; use 'pad' or 'drop'")
-
-
-class PlannedStream(IterableDataset):
-    """Yields the batches of one rank's plan; each DataLoader worker yields its share.
-
-    Subclasses implement :meth:`plan_for` and :meth:`iter_batches`. The placement (rank, world
-    size) is set in the main process before the workers start. The position (epoch, start) is
-    set before each iteration in a shared tensor, which persistent workers read when the next
-    iteration begins.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    #: True for a stream without epochs (resampled mode without a declared epoch length).
-    endless: bool = False
-    _position: torch.Tensor | None = None  # shared [epoch, start]
-    #: Shared buffers each worker cycles through: more than the batches it may have in flight.
-    ring_slots: int = 4
-    _packer: BatchPacker | None = None
-    #: The rank's bad-data run totals, shared with the workers (``fastgen_dm.read.new_tally``).
-    tally: torch.Tensor | None = None
-    max_skip_fraction: float = 1.0
-
-    def place(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
-
-    def set_position(self, epoch: int, start: int) -> None:
-        if self._position is None:
-            self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
-        self._position[0], self._position[1] = epoch, start
-
-    @property
-    def epoch(self) -> int:
-        return 0 if self._position is None else int(self._position[0])
-
-    @property
-    def start(self) -> int:
-        return 0 if self._position is None else int(self._position[1])
-
-    def plan_for(self, epoch: int, start: int) -> EpochPlan:
-        raise NotImplementedError
-
-    def bad_data_policy(self, worker_id: int) -> BadDataPolicy:
-        """A reader's policy, counting into the rank's run totals (row ``1 + worker_id``)."""
-        return BadDataPolicy(self.max_skip_fraction, tally=self.tally, slot=worker_id + 1)
-
-    def iter_batches(self, plan: Any, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        if info is None:
-            return self.iter_batches(self.plan_for(self.epoch, self.start), 0, 0)
-        if self._packer is None:  # one per worker process, kept by persistent workers
-            self._packer = BatchPacker(self.ring_slots)
-        batches = self.iter_batches(self.plan_for(self.epoch, self.start), info.id, info.num_workers)
-        return map(self._packer.pack, batches)
-
-
-class PlannedDataLoader(DataLoader):
-    """A DataLoader over a :class:`PlannedStream` whose iterations begin at ``cursor``.
-
-    Without a cursor (validation) every iteration replays the stream's own position.
-
-    Its length is the rank's batches in the cursor's epoch on the current world size, so
-    Lightning's ``estimated_stepping_batches``, fractional ``val_check_interval`` and
-    ``limit_train_batches`` work; an endless stream has none. After a resume mid-epoch an
-    iteration yields only the epoch's remaining batches (:meth:`remaining`). Its ``state_dict``
-    is the cursor's (the same object the DataModule saves), which tells Lightning the loader
-    resumes mid-epoch.
-    """
-
-    def __init__(self, stream: PlannedStream, cursor: Cursor | None = None, **kwargs: Any) -> None:
-        super().__init__(stream, batch_size=None, **kwargs)
-        self.cursor = cursor
-
-    def _epoch(self) -> tuple[int, int]:
-        """(epoch, position) the next iteration begins at: the cursor's, or the next epoch once it is done."""
-        epoch, position = (self.cursor.epoch, self.cursor.position) if self.cursor is not None else (self.dataset.epoch, self.dataset.start)
-        if self.cursor is not None and position > 0 and self.dataset.plan_for(epoch, position).num_steps == 0:
-            return epoch + 1, 0
-        return epoch, position
-
-    def __len__(self) -> int:
-        stream = self.dataset
-        if stream.endless:
-            raise TypeError("an endless stream has no length; declare one (resampled mode: epoch_samples)")
-        return stream.plan_for(self._epoch()[0], 0).rank_num_batches(stream.rank)
-
-    def remaining(self) -> int:
-        """Batches the next iteration yields: the rest of the cursor's epoch."""
-        stream = self.dataset
-        return stream.plan_for(*self._epoch()).rank_num_batches(stream.rank)
-
-    def __iter__(self):  # type: ignore[override]
-        if self.cursor is not None:
-            self.cursor.begin(self.dataset.plan_for)
-            self.dataset.set_position(self.cursor.epoch, self.cursor.position)
-        return _unpacked(super().__iter__())
-
-    def state_dict(self) -> dict[str, int]:
-        return {} if self.cursor is None else self.cursor.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        if self.cursor is not None and state_dict:
-            self.cursor.load_state_dict(state_dict)
-
-
-def _unpacked(batches: Iterator[Any]) -> Iterator[Any]:
-    for batch in batches:
-        yield unpack_batch(batch) if isinstance(batch, PackedBatch) else batch
 
 
 def global_seed() -> int:
@@ -236,6 +127,7 @@ class PlannedDataModule(lightning.LightningDataModule):
         values in its ``storage_options`` attribute, which nothing writes.
         """
         super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        self._init_args = dict(self._hparams)  # unredacted, for with_overrides; never written
         for hparams in (self._hparams, self._hparams_initial):
             if hparams.get("storage_options"):
                 hparams["storage_options"] = redact_storage_options(hparams["storage_options"])
@@ -327,9 +219,23 @@ class PlannedDataModule(lightning.LightningDataModule):
         """The family's training stream, None before ``setup``."""
         raise NotImplementedError
 
-    def val_dataloader(self) -> Any:
+    def _set_up(self, stage: str) -> PlannedStream:
+        """The training stream, running ``setup(stage)`` first when nothing has.
+
+        Lightning calls ``setup`` before it asks for a loader; a notebook or script may ask for one
+        directly (``dm.train_dataloader()``), and gets the same loader.
+        """
         if self._training_stream() is None:
-            self.setup("validate")
+            self.setup(stage)
+        stream = self._training_stream()
+        assert stream is not None, f"{type(self).__name__}.setup({stage!r}) made no training stream"
+        return stream
+
+    def train_dataloader(self) -> PlannedDataLoader:
+        return self.make_loader(self._set_up("fit"), self.cursor)
+
+    def val_dataloader(self) -> Any:
+        self._set_up("validate")
         if self.val_stream is None:
             return []  # Lightning skips validation
         return self.make_loader(self.val_stream, None)
@@ -342,12 +248,58 @@ class PlannedDataModule(lightning.LightningDataModule):
 
     def _eval_loader(self, stage: str) -> PlannedDataLoader:
         """The validation set once, else the training data once: unshuffled, every sample once across GPUs."""
-        if self._training_stream() is None:
-            self.setup(stage)
+        self._set_up(stage)
         stream = self.val_stream if self.val_stream is not None else self.pass_stream
         if stream is None:
             raise RuntimeError(f"no one-pass stream for {stage}: setup ran for another stage in resampled mode; call setup({stage!r}) first")
         return self.make_loader(stream, None)
+
+    # -- inspection: the public questions tools (fastgen verify, bench, show) and scripts ask -
+    #: fsspec options of the data's location (credentials included: the DataModule writes none of them).
+    storage_options: dict[str, Any] | None = None
+    #: Ignore-index files whose samples are never read (see each family's ``ignore_index_paths``).
+    ignore_index_paths: Sequence[str] = ()
+    #: True when the family leaves decoding to :meth:`on_after_batch_transfer` (on the training
+    #: device); a loop outside a Trainer then calls ``on_after_batch_transfer(batch, 0)`` itself.
+    decode_on_device: bool = False
+
+    def with_overrides(self: _Self, **changes: Any) -> _Self:
+        """A new DataModule of this class with the same arguments, but ``changes``.
+
+        Example: ``dm.with_overrides(shuffle=False, num_workers=0)``. Nothing of this one's state
+        (setup, cursor, Trainer) carries over.
+
+        Raises:
+            TypeError: An argument the class does not take; the message lists those it takes.
+        """
+        unknown = sorted(set(changes) - set(self._init_args))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} takes no argument {unknown[0]!r}; it takes {sorted(self._init_args)}")
+        return type(self)(**{**self._init_args, **changes})
+
+    def takes(self, argument: str) -> bool:
+        """Whether the DataModule has the ``__init__`` argument ``argument`` (what :meth:`with_overrides` accepts)."""
+        return argument in self._init_args
+
+    def data_files(self) -> list[tuple[str, int]]:
+        """``(url, bytes)`` of every file the training set is read from, in order."""
+        raise NotImplementedError
+
+    def shards(self) -> tuple[Shard, ...]:
+        """The training set's shards with their counts and ignored keys (after ``setup``); () for zip datasets."""
+        return ()
+
+    def samples_per_epoch(self) -> int | None:
+        """Samples one training epoch plans (after ``setup``, before padding); None for an endless stream."""
+        raise NotImplementedError
+
+    def ignored_keys(self) -> dict[str, frozenset[str]]:
+        """What ``ignore_index_paths`` list: ``{"<file name or URL>": keys}`` (several files merged)."""
+        return load_ignore_index(self.ignore_index_paths, self.storage_options)
+
+    def pixels_in_unit_range(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """The batch's ``key`` with pixels in [-1, 1], as drawn: families that normalize otherwise undo it."""
+        return x
 
     # -- position --------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

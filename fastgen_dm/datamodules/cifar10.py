@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
+from fastgen_dm.datamodules.image_folder import ImageFolderDataModule
 from fastgen_dm.storage import exists
 
 

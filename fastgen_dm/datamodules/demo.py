@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
+from fastgen_dm.datamodules.image_folder import ImageFolderDataModule
 from fastgen_dm.prepare import write_demo_zip
 from fastgen_dm.storage import exists
 

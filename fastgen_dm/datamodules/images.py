@@ -12,9 +12,11 @@ from typing import Any, Mapping
 
 import torch
 
-from fastgen_dm.datamodules.wds import SampleTransform, WDSDataModule
+from fastgen_dm.batch.assemble import SampleTransform
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 from fastgen_dm.format.image import IMAGE_EXTENSIONS
 from fastgen_dm.transform.image import ImageTransform, check_input_res, check_norm, normalize_pixels
+from fastgen_dm.viz import unnormalize
 
 
 class ImageWDSDataModule(WDSDataModule):
@@ -99,13 +101,13 @@ class ImageWDSDataModule(WDSDataModule):
         self.raw_keys = self.image_keys  # passed to the transform as bytes, decoded there
         self.image_transform = ImageTransform(
             input_res, self.norm_mean, self.norm_std, not normalize_on_device, exact_resize, self.image_keys,
-            device_jpeg=decode_jpeg_on_device,
+            decode_on_device=decode_jpeg_on_device,
         )  # fmt: skip
         super().__init__(
             datatags=datatags, batch_size=batch_size, key_map=key_map, normalize_on_device=normalize_on_device, **kwargs
         )
         self.input_res, self.exact_resize = input_res, exact_resize
-        self.decodes_on_device = decode_jpeg_on_device
+        self.decode_on_device = decode_jpeg_on_device  # the argument says JPEGs only; the switch is the same
 
     def sample_transform(self) -> SampleTransform:
         return self.image_transform
@@ -115,9 +117,15 @@ class ImageWDSDataModule(WDSDataModule):
         failures: dict[int, BaseException] = {}
         for key in self.image_keys:
             if isinstance(batch.get(key), list):  # a stacked tensor: the workers decoded every row
-                values[key] = self.image_transform.decode_on_device(batch[key], device)
+                values[key] = self.image_transform.decode_encoded(batch[key], device)
                 failures.update((row, v) for row, v in enumerate(values[key]) if isinstance(v, Exception))
         return values, failures
+
+    def pixels_in_unit_range(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """Undo ``(x / 255 - norm_mean) / norm_std`` of float image keys, back to [-1, 1]; other keys as they are."""
+        if key not in self.image_keys or not x.is_floating_point():
+            return x
+        return unnormalize(x, self.norm_mean, self.norm_std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         batch = super().on_after_batch_transfer(batch, dataloader_idx)  # advances the cursor

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastgen_dm.datamodules.wds import WDSDataModule
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 
 _NEG = {"neg_condition": "neg_condition.pth"}
 

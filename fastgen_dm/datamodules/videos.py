@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from fastgen_dm.datamodules.wds import WDSDataModule
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 from fastgen_dm.decode.video import Backend, validate_backend
 from fastgen_dm.transform.video import (
     DECODER_TYPES,
@@ -122,12 +122,12 @@ class VideoWDSDataModule(WDSDataModule):
         self.video_keys, self.decoder_type, self.frame_stride = video_keys, decoder_type, frame_stride
         self.backend, self.short_video, self.decode_timeout_s = backend, short_video, decode_timeout_s
         self.exact_resize = exact_resize
-        self.decodes_on_device = decode_on_device
+        self.decode_on_device = decode_on_device
         self.clip_transform = VideoClipTransform(
             sequence_length=sequence_length, img_size=self.img_size, video_keys=video_keys,
             decoder_type=decoder_type, frame_stride=frame_stride, short_video=short_video,
             backend=backend, decode_timeout_s=decode_timeout_s, seed=self.seed,
-            scale=not normalize_on_device, exact_resize=exact_resize, defer=decode_on_device,
+            scale=not normalize_on_device, exact_resize=exact_resize, decode_on_device=decode_on_device,
         )  # fmt: skip
 
     def sample_transform(self) -> VideoClipTransform:

@@ -1,7 +1,7 @@
 """JPEG decoding on a device: nvJPEG on CUDA, through torchcodec (or torchvision, see :func:`jpeg_decoder`).
 
 A DataLoader worker only reads the JPEG's header (:func:`device_decodable`) and passes the
-bytes on in an :class:`EncodedJPEG`; after the batch reaches the GPU, :func:`decode_jpegs` decodes
+bytes on in an :class:`~fastgen_dm.decode.encoded.EncodedJPEG`; after the batch reaches the GPU, :func:`decode_jpegs` decodes
 the whole batch in one nvJPEG call. On a CPU device the same call runs libjpeg-turbo, which the
 tests use to check this path against the workers' Pillow decode.
 
@@ -21,23 +21,6 @@ import torch
 #: JPEG end-of-image marker: a file that does not end with it is truncated (or has trailing bytes).
 _EOI = b"\xff\xd9"
 _EXIF_ORIENTATION = 0x0112
-
-
-class EncodedJPEG:
-    """A JPEG's bytes (``data``), left for :func:`decode_jpegs` after the transfer.
-
-    Deliberately not a ``bytes``, tuple or dataclass: Lightning's batch transfer and the
-    DataLoader's pinning walk into sequences item by item (a 50 KB JPEG would be rebuilt from
-    50,000 ints), and pass any other object through untouched.
-    """
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = bytes(data)
-
-    def __repr__(self) -> str:
-        return f"EncodedJPEG(<{len(self.data)} bytes>)"
 
 
 def device_decodable(img: PIL.Image.Image, data: bytes) -> bool:

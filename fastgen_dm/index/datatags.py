@@ -204,6 +204,7 @@ def resolve_datatag(
 
 def resolve_datatags(
     datatags: Sequence[str],
+    *,
     shard_start: int = 0,
     shard_end: int | None = None,
     num_shards: int | None = None,

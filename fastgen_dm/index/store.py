@@ -24,13 +24,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import uuid
 from typing import Any, BinaryIO, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from fastgen_dm.index.shard_index import KeyList, ShardIndex
-from fastgen_dm.storage import is_local, open_url, resolve_fs
+from fastgen_dm.storage import AtomicPath, is_local, open_url, resolve_fs
 
 MAGIC = b"FGINDEX\0"
 VERSION = 2  # version 1 was the JSON index (fastgen_index.json)
@@ -101,16 +100,8 @@ def save_index(path: str, shards: Sequence[ShardIndex], storage_options: Mapping
         write(buf)
         fs.pipe_file(fs_path, buf.getvalue())
         return
-    target = os.path.abspath(fs_path)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with AtomicPath(os.path.abspath(fs_path)) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _layout(meta: list[dict[str, Any]], lengths: Mapping[str, tuple[Any, int]]) -> tuple[dict[str, dict[str, Any]], bytes, int]:

@@ -341,7 +341,7 @@ def _first_batch(datamodule: Any, stage: str) -> dict[str, Any] | None:
     A fastgen-dm loader's stream is iterated in this process (no workers start, and the
     DataModule's position is left alone); any other loader is iterated once.
     """
-    from fastgen_dm.datamodules.base import PlannedDataLoader
+    from fastgen_dm.streams import PlannedDataLoader
 
     make_loader = getattr(datamodule, _STAGE_LOADERS.get(stage, ""), None)
     if make_loader is None:

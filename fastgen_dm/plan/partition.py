@@ -27,7 +27,8 @@ batches in plan order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 import numpy as np
@@ -66,6 +67,7 @@ class SamplePlan:
     num_samples: int
     batch_size: int
     world_size: int = 1
+    _: KW_ONLY  # the options after the sizes are named at every call
     seed: int = 0
     epoch: int = 0
     shuffle: bool = True
@@ -150,9 +152,7 @@ class SamplePlan:
 
     def resumed(self, start: int) -> "SamplePlan":
         """The same epoch, resumed at global position ``start``."""
-        return SamplePlan(
-            self.num_samples, self.batch_size, self.world_size, self.seed, self.epoch, self.shuffle, start, self.tail
-        )
+        return dataclasses.replace(self, start=start)
 
 
 def schedule(plan: SamplePlan, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -52,6 +52,7 @@ import webdataset
 from tqdm import tqdm
 
 from fastgen_dm.prepare.demo import _rgb, draw_shape
+from fastgen_dm.storage import AtomicPath, write_atomic
 
 __all__ = ["DemoKind", "MediaKind", "h264_mp4", "write_demo_media_shards", "write_demo_shards"]
 
@@ -231,15 +232,6 @@ def h264_mp4(frames: Iterable[np.ndarray], fps: int = VIDEO_FPS, gop: int = VIDE
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_demo_shards(
     folder: str | os.PathLike[str],
     kind: DemoKind,
@@ -295,7 +287,7 @@ def write_demo_shards(
     Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / SHARD_COUNTS_FILE).unlink(missing_ok=True)  # the commit marker goes first, comes back last
     negative = _rng(seed, len(_KINDS)).standard_normal((text_len, text_dim))
-    _write_atomic(Path(folder) / NEG_CONDITION_FILE, _tensor_bytes(negative))
+    write_atomic(Path(folder) / NEG_CONDITION_FILE, _tensor_bytes(negative))
     shards = _write_shards(Path(folder), samples, num_samples, samples_per_shard, f"demo {kind_name} shards", show_progress)
     # Debug: the callers (`fastgen prepare`, DemoDataModule) say what they wrote, once.
     logger.debug("wrote %d demo %s samples in %d shards to %s", num_samples, kind_name, len(shards), folder)
@@ -365,16 +357,11 @@ def _write_shards(
     with tqdm(total=num_samples, desc=desc, unit="sample", disable=not show_progress) as bar:
         for s, shard in enumerate(shards):
             first, stop = s * samples_per_shard, min((s + 1) * samples_per_shard, num_samples)
-            tmp = shard.with_name(f".{shard.name}.part-{os.getpid()}")
-            try:
-                # a fixed mtime and owner: the tar's bytes do not depend on the clock or the user
-                with open(tmp, "wb") as stream, webdataset.TarWriter(stream, user="", group="", mtime=_MTIME, encoder=False) as tar:
-                    for i in range(first, stop):
-                        tar.write({"__key__": f"{i:08d}", **dict(next(samples))})
-                        bar.update(1)
-                os.replace(tmp, shard)
-            finally:
-                tmp.unlink(missing_ok=True)
+            # a fixed mtime and owner: the tar's bytes do not depend on the clock or the user
+            with AtomicPath(shard) as tmp, open(tmp, "wb") as stream, webdataset.TarWriter(stream, user="", group="", mtime=_MTIME, encoder=False) as tar:
+                for i in range(first, stop):
+                    tar.write({"__key__": f"{i:08d}", **dict(next(samples))})
+                    bar.update(1)
             counts[shard.name] = stop - first
-    _write_atomic(folder / SHARD_COUNTS_FILE, (json.dumps(counts, indent=1) + "\n").encode("utf-8"))
+    write_atomic(folder / SHARD_COUNTS_FILE, (json.dumps(counts, indent=1) + "\n").encode("utf-8"))
     return shards

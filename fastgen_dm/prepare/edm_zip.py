@@ -34,6 +34,8 @@ from types import TracebackType
 import numpy as np
 import PIL.Image
 
+from fastgen_dm.storage import AtomicPath
+
 __all__ = ["EDMZipWriter", "member_name"]
 
 # A fixed member timestamp (the earliest a zip can hold) makes the zip's bytes a function of its
@@ -91,7 +93,7 @@ class EDMZipWriter:
                 f"got {member_prefix!r}"
             )
         self._path = pathlib.Path(path)
-        self._tmp_path = self._path.with_name(f"{self._path.name}.tmp-{os.getpid()}")
+        self._atomic = AtomicPath(self._path)
         self._member_prefix = member_prefix
         self._zip: zipfile.ZipFile | None = None
         self._used = False
@@ -115,7 +117,7 @@ class EDMZipWriter:
             raise RuntimeError(f"EDMZipWriter for {str(self._path)!r} can be entered only once")
         self._used = True
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._zip = zipfile.ZipFile(self._tmp_path, mode="w", compression=zipfile.ZIP_STORED)
+        self._zip = zipfile.ZipFile(self._atomic.tmp, mode="w", compression=zipfile.ZIP_STORED)
         return self
 
     def __exit__(
@@ -131,10 +133,10 @@ class EDMZipWriter:
                 labels = self._labels if self._has_labels else None
                 self._write_member(zf, "dataset.json", json.dumps({"labels": labels}).encode())
                 zf.close()
-                os.replace(self._tmp_path, self._path)
+                self._atomic.commit()
         finally:  # on any failure, the caller's or ours: no partial file is left behind
             zf.close()  # a no-op once closed
-            self._tmp_path.unlink(missing_ok=True)
+            self._atomic.discard()
 
     def add_image(self, img: np.ndarray | PIL.Image.Image, label: int | None = None) -> int:
         """Append an image as a PNG member, encoded as EDM does (``compress_level=0``).

@@ -53,7 +53,7 @@ from fastgen_dm.prepare.edm_zip import EDMZipWriter, member_name
 from fastgen_dm.prepare.imagenet import BadImagePolicy, convert_imagenet, list_imagenet_train
 from fastgen_dm.prepare.zip_check import check_edm_zip
 from fastgen_dm.read import EDMReader
-from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, read_zip_member
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, AtomicPath, read_zip_member
 from fastgen_dm.transform import scale_to_unit
 
 __all__ = [
@@ -203,9 +203,8 @@ class _PartWriter(BasePredictionWriter):
             return
         stem = os.path.join(self.parts_dir, f"part-rank{rank:05d}-{self._parts:06d}")
         for suffix, arrays in ((".latents.npy", self._latents), (".index.npy", self._index)):
-            with open(stem + suffix + ".tmp", "wb") as f:
+            with AtomicPath(stem + suffix) as tmp, open(tmp, "wb") as f:
                 np.save(f, np.concatenate(arrays), allow_pickle=False)
-            os.replace(stem + suffix + ".tmp", stem + suffix)
         self._parts += 1
         self._index, self._latents, self._buffered_bytes = [], [], 0
 
@@ -389,7 +388,7 @@ def encode_latent_zip(
     model = vae if isinstance(vae, torch.nn.Module) else load_vae(vae)
     output.parent.mkdir(parents=True, exist_ok=True)
     parts_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{output.name}.parts-", dir=output.parent))
-    staged = output.with_name(f"{output.name}.unverified-{os.getpid()}")
+    staged = AtomicPath(output)  # the zip, renamed into place once it reads back right
     try:
         writer = _PartWriter(str(parts_dir))
         trainer = _trainer(accelerator, devices, strategy, precision, writer, show_progress, str(parts_dir))
@@ -405,21 +404,21 @@ def encode_latent_zip(
         trainer.predict(_VAEEncoder(model, allow_tf32=precision != "32-true"), loader, return_predictions=False)
         assert trainer.is_global_zero  # the strategies allowed return only in the calling process
         latents, part, row = _read_parts(parts_dir, count)
-        with EDMZipWriter(staged, member_prefix=LATENT_PREFIX) as zip_out:
+        with EDMZipWriter(staged.tmp, member_prefix=LATENT_PREFIX) as zip_out:
             for i in range(count):
                 zip_out.add_array(np.ascontiguousarray(latents[part[i]][row[i]]), labels[i])
         shape = latents[0].shape[1:]
         del latents  # close the memory maps before the folder goes
         check_latent_zip(
-            staged,
+            staged.tmp,
             expected_items=count,
             labels=labels,
             shape=shape,
             hint="the zip just written does not match what was encoded (a disk or writer fault)",
         )
-        os.replace(staged, output)
+        staged.commit()
     finally:
-        staged.unlink(missing_ok=True)
+        staged.discard()
         shutil.rmtree(parts_dir, ignore_errors=True)
     return count
 

@@ -27,7 +27,7 @@ import PIL.Image
 
 from fastgen_dm.decode import open_image
 from fastgen_dm.prepare.edm_zip import EDMZipWriter, member_name, png_bytes
-from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, read_zip_member
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, AtomicPath, read_zip_member
 
 __all__ = ["VerifiedEDMZip", "check_edm_zip", "encode_png"]
 
@@ -147,8 +147,8 @@ class VerifiedEDMZip:
 
     def __init__(self, path: str | os.PathLike[str], resolution: int | None = None) -> None:
         self.path = pathlib.Path(path)
-        self._staged = self.path.with_name(f"{self.path.name}.unverified-{os.getpid()}")
-        self._writer = EDMZipWriter(self._staged)
+        self._staged = AtomicPath(self.path)  # the writer's zip, renamed into place once it reads back right
+        self._writer = EDMZipWriter(self._staged.tmp)
         self._resolution = resolution
         self._labels: list[int] = []
 
@@ -193,7 +193,7 @@ class VerifiedEDMZip:
             self._writer.__exit__(exc_type, exc, tb)  # renames to the staging name on success
             if exc_type is None:
                 labels = check_edm_zip(
-                    self._staged,
+                    self._staged.tmp,
                     expected_images=len(self._labels),
                     resolution=self._resolution,
                     hint="the zip just written does not match what was added (a disk or writer fault)",
@@ -201,9 +201,9 @@ class VerifiedEDMZip:
                 if labels != self._labels:
                     first = next(i for i, (a, b) in enumerate(zip(labels, self._labels)) if a != b)
                     raise ValueError(
-                        f"{self._staged}: label {first} reads back as {labels[first]}, but {self._labels[first]} "
+                        f"{self._staged.tmp}: label {first} reads back as {labels[first]}, but {self._labels[first]} "
                         "was written; the zip is not kept"
                     )
-                os.replace(self._staged, self.path)
+                self._staged.commit()
         finally:
-            self._staged.unlink(missing_ok=True)
+            self._staged.discard()

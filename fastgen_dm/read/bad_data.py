@@ -13,9 +13,11 @@ import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import Generic, Iterable, Iterator, TypeVar
 
 import torch
+
+from fastgen_dm.storage import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +110,48 @@ class BadDataPolicy:
         folder or a skip."""
         if folder is None or not self.skipped_keys:
             return
-        Path(folder).mkdir(parents=True, exist_ok=True)
         table = {posixpath.basename(source.rstrip("/")): sorted(set(keys)) for source, keys in self.skipped_keys.items()}
-        (Path(folder) / f"{name}.json").write_text(json.dumps(table, indent=1))
+        write_atomic(Path(folder) / f"{name}.json", json.dumps(table, indent=1).encode())
+
+
+def skipped_name(rank: int, reader: str, epoch: int | None = None) -> str:
+    """The name (before ``.json``) of one reader's skipped keys in ``skipped_index_dir``.
+
+    ``skipped_name(1, "worker2", epoch=0)`` -> ``"skipped-epoch0-rank1-worker2"``;
+    ``skipped_name(0, "device")`` -> ``"skipped-rank0-device"`` (what failed after the transfer).
+    """
+    return f"skipped-rank{rank}-{reader}" if epoch is None else f"skipped-epoch{epoch}-rank{rank}-{reader}"
+
+
+def read_skipped(folder: str | Path) -> dict[str, set[str]]:
+    """Merge every reader's skipped keys (the files :func:`skipped_name` names) in ``folder``: source file name -> keys."""
+    merged: dict[str, set[str]] = defaultdict(set)
+    for path in sorted(Path(folder).glob("skipped-*.json")):
+        for source, keys in json.loads(path.read_text()).items():
+            merged[source].update(keys)
+    return dict(merged)
+
+
+class StandIn(Generic[Batch]):
+    """A reader's last good batch, which stands in for a batch that lost every sample.
+
+    A reader that yields nothing for a lost batch leaves its rank a step short of the others, and
+    DDP hangs; repeating the previous batch keeps every rank stepping.
+    """
+
+    def __init__(self, reader: str) -> None:
+        self.reader = reader
+        self.last: Batch | None = None
+
+    def good(self, batch: Batch) -> Batch:
+        self.last = batch
+        return batch
+
+    def lost(self, what: str) -> Batch | None:
+        """The batch to deliver instead (logged, naming ``what`` was lost); None before any good one."""
+        if self.last is not None:
+            logger.warning("%s: %s; repeating the previous batch", self.reader, what)
+        return self.last
 
 
 def keep_stepping(batches: Iterable[Batch | None], reader: str) -> Iterator[Batch]:
@@ -127,20 +168,18 @@ def keep_stepping(batches: Iterable[Batch | None], reader: str) -> Iterator[Batc
 
     Example: ``[None, a, None, b]`` -> ``[a, a, a, b]``.
     """
-    previous: Batch | None = None
+    stand_in: StandIn[Batch] = StandIn(reader)
     lost_before_first = 0
     for j, batch in enumerate(batches):
         if batch is None:
-            if previous is None:
+            batch = stand_in.lost(f"batch {j} lost every sample")
+            if batch is None:
                 lost_before_first += 1
                 continue
-            logger.warning("%s: batch %d lost every sample; repeating the previous batch", reader, j)
-            batch = previous
         for _ in range(lost_before_first):
             logger.warning("%s: a batch before its first good one lost every sample; repeating the first good one", reader)
             yield batch
         lost_before_first = 0
-        previous = batch
-        yield batch
+        yield stand_in.good(batch)
     if lost_before_first:
         raise TooManyBadSamplesError(f"{reader}: every sample of its {lost_before_first} batches was bad or filtered out")

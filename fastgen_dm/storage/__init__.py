@@ -1,5 +1,6 @@
 """Storage layer: bytes by URL through fsspec (local paths, ``file://``, ``s3://``, ``gs://``, ...), and exact byte ranges of them."""
 
+from fastgen_dm.storage.atomic import AtomicPath, write_atomic
 from fastgen_dm.storage.bounded import (
     DEFAULT_MAX_MEMBER_BYTES,
     UnsafeMemberError,
@@ -21,6 +22,8 @@ from fastgen_dm.storage.shards import (
 from fastgen_dm.storage.secrets import REDACTED, is_credential_key, redact_storage_options, without_redacted
 
 __all__ = [
+    "AtomicPath",
+    "write_atomic",
     "S3_CONFIG_DEFAULTS",
     "S3_RETRIES",
     "StorageReadError",

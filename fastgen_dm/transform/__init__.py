@@ -1,5 +1,5 @@
 """Transform layer: per-family array operations (flip, crop, resize, scaling)."""
 
-from fastgen_dm.transform.image import hwc_to_chw, scale_to_unit
+from fastgen_dm.transform.image import scale_to_unit
 
-__all__ = ["hwc_to_chw", "scale_to_unit"]
+__all__ = ["scale_to_unit"]

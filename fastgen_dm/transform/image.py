@@ -13,13 +13,9 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from fastgen_dm.decode.jpeg import EncodedJPEG, decode_jpegs, device_decodable
+from fastgen_dm.decode.encoded import EncodedJPEG
+from fastgen_dm.decode.jpeg import decode_jpegs, device_decodable
 from fastgen_dm.decode.image import open_image
-
-
-def hwc_to_chw(array: np.ndarray) -> np.ndarray:
-    """(H, W, C) -> (C, H, W), a view."""
-    return array.transpose(2, 0, 1)
 
 
 def scale_to_unit(pixels: torch.Tensor) -> torch.Tensor:
@@ -213,9 +209,9 @@ class ImageTransform:
             stays within PSNR 40 dB of the exact path (about 50 dB measured on photographs; about
             70 dB without draft).
         keys: Sample keys that hold images (default ``("real",)``).
-        device_jpeg: Leave JPEGs that the device decodes like the CPU
+        decode_on_device: Leave JPEGs that the device decodes like the CPU
             (:func:`~fastgen_dm.decode.jpeg.device_decodable`) undecoded: :meth:`image` returns
-            bytes in an :class:`~fastgen_dm.decode.jpeg.EncodedJPEG` and :meth:`decode_on_device`
+            bytes in an :class:`~fastgen_dm.decode.encoded.EncodedJPEG` and :meth:`decode_encoded`
             finishes them after the transfer. Needs ``normalize=False`` and ``exact_resize=False``.
     """
 
@@ -225,7 +221,7 @@ class ImageTransform:
     normalize: bool = True
     exact_resize: bool = False
     keys: tuple[str, ...] = ("real",)
-    device_jpeg: bool = False
+    decode_on_device: bool = False
 
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
@@ -236,8 +232,8 @@ class ImageTransform:
         if not keys or not all(isinstance(k, str) and k for k in keys):
             raise ValueError(f"keys must name at least one sample key, got {self.keys!r}; e.g. keys=('real',)")
         set_("keys", keys)
-        if self.device_jpeg and (self.normalize or self.exact_resize):
-            raise ValueError("device_jpeg=True delivers uint8 from the fast path: it needs normalize=False and exact_resize=False")
+        if self.decode_on_device and (self.normalize or self.exact_resize):
+            raise ValueError("decode_on_device=True delivers uint8 from the fast path: it needs normalize=False and exact_resize=False")
 
     def __call__(self, sample: dict[str, Any], origin: Any = None) -> dict[str, Any]:
         out = dict(sample)
@@ -249,11 +245,11 @@ class ImageTransform:
     def image(self, data: bytes | PIL.Image.Image) -> torch.Tensor | EncodedJPEG:
         """One encoded image (or an unloaded PIL image) -> [3, input_res, input_res].
 
-        With ``device_jpeg``, a JPEG the device can decode comes back as :class:`EncodedJPEG`.
+        With ``decode_on_device``, a JPEG the device can decode comes back as :class:`EncodedJPEG`.
         """
         encoded = isinstance(data, (bytes, bytearray, memoryview))
         img = open_image(bytes(data)) if encoded else data
-        if self.device_jpeg and encoded and device_decodable(img, data):
+        if self.decode_on_device and encoded and device_decodable(img, data):
             return EncodedJPEG(data)
         res = self.input_res
         new_w, new_h = resized_size(img.width, img.height, res)
@@ -267,7 +263,7 @@ class ImageTransform:
             pixels = pixels[:, top : top + res, left : left + res].contiguous()
         return normalize_pixels(pixels, self.mean, self.std) if self.normalize else pixels
 
-    def decode_on_device(self, values: Sequence[Any], device: torch.device | str) -> list[torch.Tensor | Exception]:
+    def decode_encoded(self, values: Sequence[Any], device: torch.device | str) -> list[torch.Tensor | Exception]:
         """One image key's rows after the transfer: each :class:`EncodedJPEG` decoded on ``device``
         (one batched nvJPEG call on CUDA), resized and cropped there; rows the workers decoded pass
         through. A JPEG the device fails on is decoded again on the CPU (:meth:`image`); a row
@@ -284,7 +280,7 @@ class ImageTransform:
 
     def _cpu_decode(self, data: bytes, device: torch.device | str) -> torch.Tensor | Exception:
         try:
-            return dataclasses.replace(self, device_jpeg=False).image(bytes(data)).to(device)
+            return dataclasses.replace(self, decode_on_device=False).image(bytes(data)).to(device)
         except Exception as err:  # bad data: the caller counts it
             return err
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastgen_dm.decode.encoded import EncodedVideo
 from fastgen_dm.decode.video import Backend, FramesUnavailableError, VideoDecodeError, open_video
 from fastgen_dm.transform.image import scale_to_unit
 
@@ -39,23 +40,6 @@ _RECOUNTS = 3
 
 class VideoTooShortError(VideoDecodeError):
     """A video has fewer frames than the clip needs and ``short_video="skip"`` (bad data)."""
-
-
-class EncodedVideo:
-    """A video member's bytes with where it came from: the clip's random start is seeded by these.
-
-    ``draw``: the sample's draw number in resampled mode (each draw its own clip), else None.
-    Deliberately not a tuple or dataclass: Lightning's batch transfer and the DataLoader's
-    pinning would walk into it and rebuild ``data`` from one int per byte; other objects pass.
-    """
-
-    __slots__ = ("data", "url", "key", "epoch", "draw")
-
-    def __init__(self, data: bytes, url: str, key: str, epoch: int, draw: int | None = None) -> None:
-        self.data, self.url, self.key, self.epoch, self.draw = bytes(data), url, key, epoch, draw
-
-    def __repr__(self) -> str:
-        return f"EncodedVideo(<{len(self.data)} bytes>, {self.url!r}, {self.key!r}, epoch={self.epoch}, draw={self.draw})"
 
 
 def clip_seed(seed: int, epoch: int, url: str, key: str, draw: int | None = None) -> list[int]:
@@ -200,7 +184,7 @@ class VideoClipTransform:
         scale: Scale to float32 [-1, 1] here (on the CPU) instead of delivering uint8.
         interpolation: Resize filter.
         exact_resize: FastGen's float resize (True) or torch's faster uint8 one (see :func:`resize_crop`).
-        defer: Leave decoding for after the transfer: each video key becomes its
+        decode_on_device: Leave decoding for after the transfer: each video key becomes its
             :class:`EncodedVideo` (no cropping parameters yet), and :meth:`clip` runs later with
             the device (``VideoWDSDataModule(decode_on_device=True)``). The clip's frames are the
             same, since its start is seeded by the sample's origin, not by the process.
@@ -218,7 +202,7 @@ class VideoClipTransform:
     scale: bool = False
     interpolation: Interpolation = "bicubic"
     exact_resize: bool = True
-    defer: bool = False
+    decode_on_device: bool = False
     _draws: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -229,7 +213,7 @@ class VideoClipTransform:
         out = dict(sample)
         for key in self.video_keys:
             value = out[key] if origin is None else EncodedVideo(out[key], origin.url, origin.key, origin.epoch, origin.draw)
-            if self.defer:
+            if self.decode_on_device:
                 out[key] = value
                 continue
             clip, params = self.clip(value)

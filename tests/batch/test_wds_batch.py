@@ -1,4 +1,4 @@
-"""fastgen_dm.batch.wds: WebDataset members -> decoded samples -> FastGen batch dictionaries."""
+"""fastgen_dm.decode.sample and fastgen_dm.batch.constants: WebDataset members -> decoded samples -> FastGen batch dictionaries."""
 
 import io
 import json
@@ -14,14 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_save
 
-from fastgen_dm.batch.wds import (
-    BadSampleError,
-    PresetName,
-    SampleFilteredOut,
-    SampleSpec,
-    load_constants,
-    preset,
-)
+from fastgen_dm.batch.constants import PresetName, load_constants, preset
+from fastgen_dm.decode.sample import BadSampleError, SampleFilteredOut, SampleSpec
 from fastgen_dm.batch.collate import wds_batch
 from fastgen_dm.decode import PickleRefusedError
 

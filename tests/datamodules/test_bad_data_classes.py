@@ -9,8 +9,8 @@ import torch
 
 from helpers import corrupt_member, make_wds, random_images, write_wds
 
-from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
-from fastgen_dm.datamodules.wds import WDSDataModule
+from fastgen_dm.datamodules.image_folder import ImageFolderDataModule
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 from fastgen_dm.read import TooManyBadSamplesError
 
 KEY_MAP = {"real": "latent.npy"}

@@ -65,16 +65,16 @@ def test_cache_gives_identical_batches(demo_zip, tmp_path):
 
 
 def test_with_a_cache_batches_are_sliced_in_the_training_process_and_workers_build_the_store(demo_zip, tmp_path, monkeypatch, caplog):
-    import fastgen_dm.datamodules.edm_zip as edm_zip
+    import fastgen_dm.datamodules.image_folder as image_folder
 
     builds = []
-    real_build = edm_zip.build_cache
-    monkeypatch.setattr(edm_zip, "build_cache", lambda *args, **kwargs: builds.append(args) or real_build(*args, **kwargs))
-    with caplog.at_level("INFO", logger="fastgen_dm.datamodules.edm_zip"):
+    real_build = image_folder.build_cache
+    monkeypatch.setattr(image_folder, "build_cache", lambda *args, **kwargs: builds.append(kwargs) or real_build(*args, **kwargs))
+    with caplog.at_level("INFO", logger="fastgen_dm.datamodules.image_folder"):
         dm = ImageFolderDataModule(demo_zip, batch_size=64, num_workers=2, cache=True, cache_dir=str(tmp_path))
     assert "num_workers=2 would only add a hand-off per batch" in caplog.text
     dm.prepare_data()
-    assert builds and 2 in builds[0]  # the store is decoded by 2 workers
+    assert builds and builds[0]["num_workers"] == 2  # the store is decoded by 2 workers
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert loader.num_workers == 0

@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
+from fastgen_dm.datamodules.image_folder import ImageFolderDataModule
 from fastgen_dm.datamodules.latents import ImageLatentDataModule, PairDataModule
-from fastgen_dm.datamodules.wds import WDSDataModule
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 from helpers import LATENT_SHARD_SAMPLES as NUM
 from helpers import make_wds, random_images, write_wds, write_zip
 
@@ -159,7 +159,7 @@ def test_samples_missing_a_key_map_member_are_filtered_as_fastgen_does(tmp_path,
     samples = [{"latent.npy": npy(np.full(2, i, dtype=np.float32)), **({} if i % 2 else {"emb.npy": npy(np.zeros(3, dtype=np.float32))})} for i in range(1200)]
     write_tar(folder / "00000.tar", samples)
     dm = make(folder, tmp_path, cls=WDSDataModule, key_map={"real": "latent.npy", "condition": "emb.npy"}, batch_size=32)
-    with caplog.at_level(logging.INFO, logger="fastgen_dm.datamodules.wds"):
+    with caplog.at_level(logging.INFO, logger="fastgen_dm.streams.shard_epoch"):
         keys = [k for batch in dm.train_dataloader() for k in batch["fname"]]
     assert sorted(keys) == [f"{i:06d}" for i in range(0, 1200, 2)]  # the 600 complete ones, none counted bad
     assert "epoch 0: 600 samples filtered out" in caplog.text

@@ -219,7 +219,7 @@ def test_defaults_follow_fastgen():
 
 
 def test_device_decoding_leaves_jpegs_to_the_device_and_matches_the_exact_path(shards, tmp_path):
-    from fastgen_dm.decode.jpeg import EncodedJPEG
+    from fastgen_dm.decode.encoded import EncodedJPEG
 
     on_device = make(shards, tmp_path, shuffle=False, decode_jpeg_on_device=True)
     exact = make(shards, tmp_path, shuffle=False, exact_resize=True, normalize_on_device=False)

@@ -17,7 +17,7 @@ from helpers import write_wds
 
 import fastgen_dm.decode.video as video_mod
 from fastgen_dm import VideoWDSDataModule
-from fastgen_dm.batch.wds import preset
+from fastgen_dm.batch.constants import preset
 from fastgen_dm.transform.image import scale_to_unit
 from fastgen_dm.transform.video import (
     EncodedVideo,

@@ -7,9 +7,9 @@ import tarfile
 import pytest
 import torch
 
-import fastgen_dm.read.wds as read_wds
+import fastgen_dm.read.shard_reader as read_wds
 from fastgen_dm.datamodules.latents import ImageLatentDataModule, PairDataModule, PathDataModule, VideoLatentDataModule
-from fastgen_dm.datamodules.wds import WDSDataModule
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 from fastgen_dm.prepare.demo_wds import write_demo_shards
 from helpers import LATENT_SHARD_SAMPLES as NUM
 from helpers import make_wds

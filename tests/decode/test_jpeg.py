@@ -11,7 +11,8 @@ import PIL.Image
 import pytest
 import torch
 
-from fastgen_dm.decode.jpeg import EncodedJPEG, decode_jpegs, device_decodable
+from fastgen_dm.decode.encoded import EncodedJPEG
+from fastgen_dm.decode.jpeg import decode_jpegs, device_decodable
 from fastgen_dm.decode.image import open_image
 from helpers import bogus_huffman_table
 
@@ -103,7 +104,7 @@ def test_encoded_payloads_cross_the_transfer_and_pinning_untouched():
     from lightning.fabric.utilities.apply_func import move_data_to_device
     from torch.utils.data._utils.pin_memory import pin_memory
 
-    from fastgen_dm.transform.video import EncodedVideo
+    from fastgen_dm.decode.encoded import EncodedVideo
 
     jpeg_payload, video = EncodedJPEG(jpeg(noise())), EncodedVideo(b"\x00" * 1000, "s3://b/0.tar", "k", 0, 3)
     batch = {"real": [jpeg_payload, torch.zeros(3)], "clip": [video], "fname": ["k"]}

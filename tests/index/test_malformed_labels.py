@@ -9,8 +9,8 @@ import pytest
 
 from helpers import random_images, write_zip
 
-from fastgen_dm.datamodules.edm_zip import ImageFolderDataModule
-from fastgen_dm.datamodules.wds import WDSDataModule
+from fastgen_dm.datamodules.image_folder import ImageFolderDataModule
+from fastgen_dm.datamodules.webdataset import WDSDataModule
 
 CASES = [
     (b"not json", "dataset.json is not EDM labels JSON"),

@@ -74,7 +74,9 @@ def test_resume_on_any_world_size_continues_the_same_global_order(plan, data):
     # what was consumed is exactly the order's prefix (plus padding on the last step)
     assert np.array_equal(first_part[:consumed], order[:consumed])
     new_world = data.draw(st.integers(1, 512))
-    resumed = SamplePlan(plan.num_samples, plan.batch_size, new_world, plan.seed, plan.epoch, plan.shuffle, consumed, plan.tail)
+    resumed = SamplePlan(
+        plan.num_samples, plan.batch_size, new_world, seed=plan.seed, epoch=plan.epoch, shuffle=plan.shuffle, start=consumed, tail=plan.tail
+    )
     rest_full, rest_last = schedule(resumed)
     rest = np.concatenate([rest_full.reshape(-1), rest_last.reshape(-1)])
     # the global stream continues where it stopped: step-major order of the remaining samples

@@ -1,4 +1,4 @@
-"""fastgen_dm.read.tar: exact byte runs of tar shards, samples split out of them, whole-shard reads."""
+"""fastgen_dm.read.shard_bytes: exact byte runs of tar shards, samples split out of them, whole-shard reads."""
 
 import io
 import re

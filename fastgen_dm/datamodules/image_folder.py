@@ -6,21 +6,19 @@ import logging
 import os
 import posixpath
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
-import torch
 
-from fastgen_dm.batch import zip_batch
-from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, default_num_workers, validate_training_tail
-from fastgen_dm.datamodules.edm_cache import build_cache, cache_path, open_cache
-from fastgen_dm.decode import decode_image, decoder_for
+from fastgen_dm.datamodules.base import PlannedDataModule, TrainingTail, default_num_workers, validate_training_tail
+from fastgen_dm.decode.zip_item import decode_item
 from fastgen_dm.index import EDMIndex, scan_edm
 from fastgen_dm.index.datatags import load_ignore_index
-from fastgen_dm.plan import Cursor, SamplePlan, TailPolicy, rank_batches, worker_batch_ids
-from fastgen_dm.read import BadDataPolicy, EDMReader, keep_stepping
-from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, check_max_member_bytes, exists, fetch_once, is_local, check_storage_options, without_redacted
-from fastgen_dm.transform import hwc_to_chw, scale_to_unit
+from fastgen_dm.plan import Cursor, SamplePlan
+from fastgen_dm.read import EDMReader
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, check_max_member_bytes, exists, fetch_once, is_local, check_storage_options, resolve_fs, without_redacted
+from fastgen_dm.streams import EDMStream
+from fastgen_dm.streams.zip_cache import build_cache, cache_path
 
 logger = logging.getLogger(__name__)
 
@@ -30,118 +28,6 @@ DEFAULT_DATA_ROOT = "FASTGEN_OUTPUT/DATA"
 def data_root() -> str:
     """``$DATA_ROOT_DIR``, else ``FASTGEN_OUTPUT/DATA`` (FastGen's default), read when called."""
     return os.environ.get("DATA_ROOT_DIR", DEFAULT_DATA_ROOT)
-
-
-def decode_item(member: str, data: bytes, source: str | None = None) -> np.ndarray:
-    """An EDM item as an array of shape (C, H, W): uint8 pixels, or an ``.npy`` array as stored.
-
-    Args:
-        member: The item's member name; its suffix picks the decoder.
-        data: The member's bytes.
-        source: The dataset, named with the member in errors; None names the member alone.
-    """
-    if member.lower().endswith(".npy"):
-        array = decoder_for("npy")(data)
-        if array.ndim != 3:
-            raise ValueError(f"array has shape {array.shape}; expected (C, H, W)")
-        return array
-    return hwc_to_chw(decode_image(data, name=member if source is None else f"{source}: {member}"))
-
-
-class EDMStream(PlannedStream):
-    """Batches of an EDM dataset, following the sample plan.
-
-    Item ``i`` of the plan is raw item ``raw_idx[i]``, mirrored when ``flip[i]`` (``xflip``
-    doubles the dataset as EDM does).
-    """
-
-    def __init__(
-        self,
-        index: EDMIndex,
-        item_shape: tuple[int, ...],
-        item_dtype: np.dtype,
-        raw_idx: np.ndarray,
-        flip: np.ndarray,
-        use_labels: bool,
-        batch_size: int,
-        seed: int,
-        shuffle: bool,
-        tail: TailPolicy,
-        scale_on_cpu: bool,
-        cache_file: str | None,
-        max_skip_fraction: float,
-        storage_options: Mapping[str, Any] | None,
-        skipped_index_dir: str | None = None,
-        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-    ) -> None:
-        self.index = index
-        self.item_shape = item_shape
-        self.item_dtype = item_dtype
-        self.raw_idx = raw_idx
-        self.flip = flip
-        self.labels = index.labels if use_labels else None
-        self.num_classes = index.num_classes if use_labels else 0
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.tail = tail
-        self.scale_on_cpu = scale_on_cpu
-        self.cache_file = cache_file
-        self.max_skip_fraction = max_skip_fraction
-        self.skipped_index_dir = skipped_index_dir
-        self.reader = EDMReader(index.source, index.is_zip, storage_options, max_member_bytes=max_member_bytes)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.raw_idx)
-
-    def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        return SamplePlan(len(self.raw_idx), self.batch_size, self.world_size, self.seed, epoch, self.shuffle, start, self.tail)
-
-    def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        batches = rank_batches(plan, self.rank)
-        policy = self.bad_data_policy(worker_id)
-        store = open_cache(self.cache_file) if self.cache_file else None
-        try:
-            lost_or_loaded = (self._load(batches[j], store, policy) for j in worker_batch_ids(len(batches), num_workers, worker_id))
-            yield from keep_stepping(lost_or_loaded, f"rank {self.rank} worker {worker_id}")
-        finally:
-            self.reader.close()
-            policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")
-
-    def _load(self, items: np.ndarray, store: np.ndarray | None, policy: BadDataPolicy) -> dict[str, Any] | None:
-        raw = self.raw_idx[items]
-        if store is not None:
-            arrays = store[np.sort(raw)][np.argsort(np.argsort(raw))]  # sorted reads are sequential in the file
-            kept = np.ones(len(raw), dtype=bool)
-        else:
-            arrays = np.empty((len(raw), *self.item_shape), dtype=self.item_dtype)
-            kept = np.zeros(len(raw), dtype=bool)
-            for k, i in enumerate(raw):
-                kept[k] = self._read_item(int(i), arrays[k], policy)
-            arrays = arrays[kept]
-        if not kept.any():
-            return None
-        flips = self.flip[items][kept]
-        arrays[flips] = arrays[flips][..., ::-1]
-        raw = raw[kept]
-        batch = zip_batch(arrays, None if self.labels is None else self.labels[raw], self.num_classes, raw)
-        if self.scale_on_cpu and batch["real"].dtype == torch.uint8:
-            batch["real"] = scale_to_unit(batch["real"])
-        return batch
-
-    def _read_item(self, i: int, out: np.ndarray, policy: BadDataPolicy) -> bool:
-        member = self.index.members[i]
-        try:
-            array = decode_item(member, self.reader.read(member))
-            if array.shape != out.shape or array.dtype != out.dtype:
-                raise ValueError(f"item is {array.dtype}{list(array.shape)}; the dataset is {out.dtype}{list(out.shape)}")
-        except Exception as err:  # any decode failure is bad data, handled by the policy
-            policy.skip(self.index.source, member, err)
-            return False
-        out[...] = array
-        policy.ok()
-        return True
 
 
 class ImageFolderDataModule(PlannedDataModule):
@@ -330,10 +216,13 @@ class ImageFolderDataModule(PlannedDataModule):
         if self.cache:
             index, shape, dtype = self._scan()
             ignored = self._ignored(index)
-            build_cache(
-                self._cache_file(index, ignored), index, shape, dtype, self.storage_options, self.cache_build_workers, ignored,
-                max_member_bytes=self.max_member_bytes,
-            )  # fmt: skip
+            self._build_cache(self._cache_file(index, ignored), index, shape, dtype, ignored)
+
+    def _build_cache(self, path: str, index: EDMIndex, shape: tuple[int, ...], dtype: np.dtype, ignored: np.ndarray) -> None:
+        build_cache(
+            path, index, shape, dtype, storage_options=self.storage_options, num_workers=self.cache_build_workers, skip=ignored,
+            max_member_bytes=self.max_member_bytes,
+        )  # fmt: skip
 
     def _missing_message(self) -> str:
         return f"dataset_path {self.dataset_path!r} does not exist; pass s3_path to fetch it, or create it with `fastgen prepare`"
@@ -360,13 +249,11 @@ class ImageFolderDataModule(PlannedDataModule):
             if not Path(cache_file).exists():
                 if self.trainer is not None and self.trainer.world_size > 1:
                     raise RuntimeError(f"cache {cache_file} is missing: prepare_data() builds it; was it skipped?")
-                build_cache(
-                    cache_file, index, shape, dtype, self.storage_options, self.cache_build_workers, ignored,
-                    max_member_bytes=self.max_member_bytes,
-                )  # fmt: skip
+                self._build_cache(cache_file, index, shape, dtype, ignored)
         self.stream = EDMStream(
-            index, shape, dtype, raw_idx, flip, self.use_labels, self.batch_size, self.seed, self.shuffle,
-            self.tail, scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
+            index, item_shape=shape, item_dtype=dtype, raw_idx=raw_idx, flip=flip, use_labels=self.use_labels,
+            batch_size=self.batch_size, seed=self.seed, shuffle=self.shuffle, tail=self.tail,
+            scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
             max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options,
             skipped_index_dir=self.skipped_index_dir, max_member_bytes=self.max_member_bytes,
         )  # fmt: skip
@@ -400,8 +287,8 @@ class ImageFolderDataModule(PlannedDataModule):
     def _eval_stream(self, index: EDMIndex, shape: tuple[int, ...], dtype: np.dtype, raw_idx: np.ndarray, cache_file: str | None) -> EDMStream:
         """One unshuffled pass over ``raw_idx`` of ``index``, every item once across GPUs, no mirrors."""
         return EDMStream(
-            index, shape, dtype, raw_idx, np.zeros(len(raw_idx), dtype=bool), self.use_labels, self.batch_size, self.seed,
-            False, "uneven", scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
+            index, item_shape=shape, item_dtype=dtype, raw_idx=raw_idx, flip=np.zeros(len(raw_idx), dtype=bool),
+            use_labels=self.use_labels, batch_size=self.batch_size, seed=self.seed, shuffle=False, tail="uneven", scale_on_cpu=not self.normalize_on_device, cache_file=cache_file,
             max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options, max_member_bytes=self.max_member_bytes,
         )  # fmt: skip
 
@@ -456,11 +343,18 @@ class ImageFolderDataModule(PlannedDataModule):
         fingerprint = index.fingerprint if len(ignored) == 0 else f"{index.fingerprint} ignoring {ignored.tolist()}"
         return cache_path(folder, Path(self.dataset_path).name, fingerprint)
 
-    def train_dataloader(self):
-        if self.stream is None:
-            self.setup("fit")
-        assert self.stream is not None
-        return self.make_loader(self.stream, self.cursor)
-
     def _training_stream(self) -> EDMStream | None:
         return self.stream
+
+    # -- inspection ------------------------------------------------------------------------
+    def data_files(self) -> list[tuple[str, int]]:
+        """The zip, or every file of the folder, with its size."""
+        fs, fs_path = resolve_fs(self.dataset_path, self.storage_options)
+        if fs.isdir(fs_path):
+            protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+            return [(prefix + p, int(info["size"])) for p, info in sorted(fs.find(fs_path, detail=True).items())]
+        return [(str(self.dataset_path), int(fs.size(fs_path)))]
+
+    def samples_per_epoch(self) -> int | None:
+        return None if self.stream is None else self.stream.num_samples

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -16,9 +15,10 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from fastgen_dm.decode.zip_item import decode_item
 from fastgen_dm.index import EDMIndex
 from fastgen_dm.read import EDMReader
-from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES
+from fastgen_dm.storage import DEFAULT_MAX_MEMBER_BYTES, AtomicPath
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,6 @@ class _DecodeItems(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        from fastgen_dm.datamodules.edm_zip import decode_item
-
         if i in self.skip:
             return np.zeros(self.shape, self.dtype)  # an ignored item: never planned, never read
         member = self.index.members[i]
@@ -81,10 +79,10 @@ def build_cache(
     index: EDMIndex,
     shape: tuple[int, ...],
     dtype: np.dtype,
+    *,
     storage_options: Mapping[str, Any] | None = None,
     num_workers: int = 0,
     skip: Sequence[int] | np.ndarray = (),
-    *,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> str:
     """Decode every item of ``index`` but those numbered in ``skip`` (left zero) into ``path``
@@ -95,8 +93,6 @@ def build_cache(
     """
     if Path(path).exists():
         return path
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.part-{os.getpid()}"
     logger.info("decoding %d items of %s into %s", len(index), index.source, path)
     loader = DataLoader(
         _DecodeItems(index, shape, dtype, storage_options, frozenset(int(i) for i in skip), max_member_bytes),
@@ -104,7 +100,7 @@ def build_cache(
         num_workers=num_workers,
         collate_fn=_stack,
     )
-    try:
+    with AtomicPath(path) as tmp:
         store = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(index), *shape))
         done = 0
         with tqdm(total=len(index), unit="img", desc=f"cache {Path(index.source).name}") as bar:
@@ -114,7 +110,4 @@ def build_cache(
                 bar.update(len(chunk))
         store.flush()
         del store
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path

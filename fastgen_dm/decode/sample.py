@@ -1,7 +1,4 @@
-"""One WebDataset sample's members to batch values, and batches in FastGen's layout.
-
-Pure functions over bytes already read: the only I/O is :func:`load_constants` reading the
-``files_map`` files (once, at setup) through :func:`fastgen_dm.storage.open_url`.
+"""One WebDataset sample's members to values: which members to decode, into which keys, which samples to drop.
 
 A sample arrives as ``{suffix: bytes}``, e.g. ``{"latent.pth": b"...", "txt": b"a cat", "json": b"..."}``
 for the tar members ``000042.latent.pth``, ``000042.txt``, ``000042.json``. :class:`SampleSpec`
@@ -10,11 +7,8 @@ decodes the members its ``key_map`` names (and nothing else) and applies ``prese
     spec = SampleSpec(key_map={"real": "latent.pth", "condition": "txt"})
     spec.decode(members)          # {"real": tensor [4, 64, 64], "condition": "a cat"}
 
-:func:`~fastgen_dm.batch.collate.wds_batch` collates decoded samples and the constants of
-:func:`load_constants` into FastGen's dictionary::
-
-    {"fname": [B keys], "shard": [B URLs], "real": [B, 4, 64, 64], "condition": [B strings],
-     "neg_condition": [B, 512, 4096] (one tensor expanded, no copy)}
+Pure functions over bytes already read; :func:`~fastgen_dm.batch.collate.wds_batch` collates the
+decoded samples with the constants of :func:`~fastgen_dm.batch.constants.load_constants`.
 
 Outcomes of :meth:`SampleSpec.decode` for the caller (the bad-data policy):
 
@@ -30,27 +24,18 @@ Outcomes of :meth:`SampleSpec.decode` for the caller (the bad-data policy):
 from __future__ import annotations
 
 import functools
-import importlib.resources
-import json
-import logging
 import math
-import os
-import posixpath
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence, get_args
 
 import numpy as np
 import torch
 
-from fastgen_dm.batch.collate import RESERVED_KEYS
-from fastgen_dm.decode import decoder_for
-from fastgen_dm.decode.table import Decoder
-from fastgen_dm.storage import open_url
+from fastgen_dm.decode.table import Decoder, decoder_for
 
-logger = logging.getLogger(__name__)
+#: Batch keys the batch writes itself (``wds_batch``): no ``key_map`` output or constant may take them.
+RESERVED_KEYS = frozenset({"fname", "shard"})
 
-PresetName = Literal["neg_prompt_wan", "neg_prompt_cosmos", "empty_string"]
 FilterName = Literal["score", "empty_keys"]
 
 DEFAULT_TXT_EXTENSIONS: tuple[str, ...] = ("txt", "caption", "text")
@@ -78,39 +63,14 @@ class SampleFilteredOut(Exception):
         return f"{self.filter_name}: {self.reason}"
 
 
-# --- presets -------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _presets() -> Mapping[str, str]:
-    text = importlib.resources.files("fastgen_dm.batch").joinpath("presets.json").read_text(encoding="utf-8")
-    return MappingProxyType(json.loads(text))
-
-
-def preset(name: str) -> str:
-    """The exact string of a preset constant (FastGen's negative prompts).
-
-    Args:
-        name: One of ``neg_prompt_wan``, ``neg_prompt_cosmos``, ``empty_string``.
-
-    Raises:
-        ValueError: An unknown name; the message lists the known ones.
-    """
-    presets = _presets()
-    try:
-        return presets[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"preset {name!r} is unknown; known presets: {sorted(presets)}") from None
-
-
 # --- decoders ------------------------------------------------------------------------------------
 
 
-def _reserved_message(argument: str, key: str) -> str:
+def reserved_message(argument: str, key: str) -> str:
     return f"{argument}: {key!r} is written by the batch itself; reserved keys: {sorted(RESERVED_KEYS)}"
 
 
-def _check_names(argument: str, value: Any) -> tuple[str, ...]:
+def check_names(argument: str, value: Any) -> tuple[str, ...]:
     """A sequence of non-empty strings as a tuple (a bare string is refused: it would iterate characters)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"{argument} must be a list of strings, got {value!r}; e.g. {argument}=[{value!r}]")
@@ -120,7 +80,7 @@ def _check_names(argument: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _decoder(suffix: str, txt_extensions: Sequence[str], allow_pickle: Sequence[str]) -> Decoder:
+def member_decoder(suffix: str, txt_extensions: Sequence[str], allow_pickle: Sequence[str]) -> Decoder:
     """The table's decoder for a suffix; a suffix (or its last part) in ``txt_extensions`` decodes as text."""
     ext = suffix.rsplit(".", 1)[-1].lower()
     if suffix.lower() in txt_extensions or ext in txt_extensions:
@@ -131,12 +91,12 @@ def _decoder(suffix: str, txt_extensions: Sequence[str], allow_pickle: Sequence[
 def _decoder_named(argument: str, suffix: str, txt_extensions: Sequence[str], allow_pickle: Sequence[str]) -> Decoder:
     """:func:`_decoder`, with errors that name the argument the suffix came from."""
     try:
-        return _decoder(suffix, txt_extensions, allow_pickle)
+        return member_decoder(suffix, txt_extensions, allow_pickle)
     except ValueError as err:  # PickleRefusedError is a ValueError too; keep its type
         raise type(err)(f"{argument} = {suffix!r}: {err}") from None
 
 
-def _annotate(err: BaseException, note: str) -> None:
+def annotate(err: BaseException, note: str) -> None:
     if hasattr(err, "add_note"):  # Python >= 3.11
         err.add_note(note)
 
@@ -168,7 +128,7 @@ def _parse_empty_keys(value: Any, key_map: Mapping[str, str]) -> dict[str, Any]:
         if set(value) != {"keys"}:
             raise ValueError(f"presets_filter['empty_keys'] = {value!r}: expected a list of keys or {{'keys': [...]}}")
         value = value["keys"]
-    keys = _check_names("presets_filter['empty_keys']", value)
+    keys = check_names("presets_filter['empty_keys']", value)
     unknown = [k for k in keys if k not in key_map]
     if unknown:
         raise ValueError(
@@ -256,10 +216,10 @@ class SampleSpec:
 
     def __post_init__(self) -> None:
         key_map = self._validate_key_map(self.key_map)
-        txt = tuple(ext.lower().lstrip(".") for ext in _check_names("txt_extensions", self.txt_extensions))
-        allow = tuple(ext.lower().lstrip(".") for ext in _check_names("allow_pickle", self.allow_pickle))
+        txt = tuple(ext.lower().lstrip(".") for ext in check_names("txt_extensions", self.txt_extensions))
+        allow = tuple(ext.lower().lstrip(".") for ext in check_names("allow_pickle", self.allow_pickle))
         filters = self._validate_filters(self.presets_filter, key_map)
-        raw = tuple(_check_names("raw_keys", self.raw_keys))
+        raw = tuple(check_names("raw_keys", self.raw_keys))
         unknown_raw = [key for key in raw if key not in key_map]
         if unknown_raw:
             raise ValueError(f"raw_keys {unknown_raw} are not key_map outputs ({sorted(key_map)})")
@@ -291,7 +251,7 @@ class SampleSpec:
             if not isinstance(key, str) or not key or not isinstance(suffix, str) or not suffix:
                 raise ValueError(f"key_map[{key!r}] = {suffix!r}: keys and suffixes must be non-empty strings")
             if key in RESERVED_KEYS:
-                raise ValueError(_reserved_message(f"key_map[{key!r}]", key))
+                raise ValueError(reserved_message(f"key_map[{key!r}]", key))
             if suffix.startswith("."):
                 raise ValueError(
                     f"key_map[{key!r}] = {suffix!r}: give the suffix without a leading dot, e.g. {suffix.lstrip('.')!r}"
@@ -350,7 +310,7 @@ class SampleSpec:
             try:
                 out[key] = self._decoders[key](members[suffix])
             except Exception as err:
-                _annotate(err, f"while decoding member {suffix!r} for key_map[{key!r}]")
+                annotate(err, f"while decoding member {suffix!r} for key_map[{key!r}]")
                 raise
         for key in self._empty_keys:
             if _is_empty(out[key]):
@@ -381,107 +341,3 @@ class SampleSpec:
         return meta
 
 
-# --- constants -----------------------------------------------------------------------------------
-
-
-def _resolve(path: str, base_dir: str | None) -> str:
-    """``path`` itself when absolute, a URL, or without base; else joined onto ``base_dir``.
-
-    ``("neg.pth", "s3://b/latents")`` -> ``"s3://b/latents/neg.pth"``;
-    ``("neg.pth", "/data/x")`` -> ``"/data/x/neg.pth"``.
-    """
-    if base_dir is None or "://" in path or os.path.isabs(path):
-        return path
-    if "://" in base_dir:
-        return posixpath.join(base_dir.rstrip("/") + "/", path)
-    return os.path.join(base_dir, path)
-
-
-def load_constants(
-    files_map: Mapping[str, str] | None,
-    presets_map: Mapping[str, str] | None,
-    base_dir: str | os.PathLike | None,
-    storage_options: Mapping[str, Any] | None = None,
-    optional_files: Sequence[str] = (),
-    *,
-    txt_extensions: Sequence[str] = DEFAULT_TXT_EXTENSIONS,
-    allow_pickle: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Load the per-batch constants once (at setup): ``files_map`` files and ``presets_map`` strings.
-
-    Args:
-        files_map: Output key -> file, e.g. ``{"neg_condition": "neg_prompt_emb.pth"}``, decoded by its
-            suffix through the decoder table. Relative paths resolve against ``base_dir``. None: no files.
-        presets_map: Output key -> preset name, e.g. ``{"neg_condition": "neg_prompt_wan"}``. None: none.
-        base_dir: Folder (path or URL) that relative ``files_map`` paths resolve against, usually the
-            datatag's folder; None leaves them relative to the working directory.
-        storage_options: fsspec options for opening the files (default None).
-        optional_files: ``files_map`` keys whose file may be missing (default none); a missing one is
-            left out of the result instead of raising.
-        txt_extensions: Suffixes decoded as UTF-8 strings, as in :class:`SampleSpec`.
-        allow_pickle: Suffixes that may load through full pickle, as in :class:`SampleSpec`.
-
-    Returns:
-        Output key -> value (tensor, array, string, ...), files first, then presets.
-
-    Raises:
-        ValueError: A key in both maps or reserved, an ``optional_files`` entry that is not a
-            ``files_map`` key, an unknown preset, a file suffix with no decoder.
-        FileNotFoundError: A file that is missing and not optional; names the key and the path.
-    """
-    files_map = dict(files_map or {})
-    presets_map = dict(presets_map or {})
-    optional = set(_check_names("optional_files", optional_files))
-    txt = tuple(ext.lower().lstrip(".") for ext in _check_names("txt_extensions", txt_extensions))
-    allow = tuple(ext.lower().lstrip(".") for ext in _check_names("allow_pickle", allow_pickle))
-    both = sorted(set(files_map) & set(presets_map))
-    if both:
-        raise ValueError(f"keys {both} are in both files_map and presets_map; give each constant once")
-    for argument, mapping in (("files_map", files_map), ("presets_map", presets_map)):
-        for key, value in mapping.items():
-            if key in RESERVED_KEYS:
-                raise ValueError(_reserved_message(f"{argument}[{key!r}]", key))
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{argument}[{key!r}] = {value!r}: expected a non-empty string")
-    not_files = sorted(optional - set(files_map))
-    if not_files:
-        raise ValueError(
-            f"optional_files names {not_files}, which are not files_map keys; allowed: {sorted(files_map)}"
-        )
-    presets = {key: _preset_named(key, name) for key, name in presets_map.items()}
-    base = None if base_dir is None else os.fspath(base_dir)
-    decoders = {}
-    for key, path in files_map.items():
-        try:  # the file name's last suffix picks the decoder: "emb/neg.prompt.pth" -> pth
-            decoders[key] = _decoder(path.rstrip("/").rsplit("/", 1)[-1], txt, allow)
-        except ValueError as err:  # PickleRefusedError is a ValueError too; keep its type
-            raise type(err)(f"files_map[{key!r}] = {path!r}: {err}") from None
-
-    constants: dict[str, Any] = {}
-    for key, path in files_map.items():
-        url = _resolve(path, base)
-        try:
-            with open_url(url, "rb", storage_options) as f:
-                data = f.read()
-        except FileNotFoundError as err:
-            if key in optional:
-                logger.info("optional files_map[%r] = %r not found at %s; leaving it out", key, path, url)
-                continue
-            raise FileNotFoundError(
-                f"files_map[{key!r}] = {path!r}: {url!r} does not exist; fix the path (relative paths resolve "
-                f"against {base!r}), or list {key!r} in optional_files to go on without it"
-            ) from err
-        try:
-            constants[key] = decoders[key](data)
-        except Exception as err:
-            _annotate(err, f"while decoding files_map[{key!r}] = {path!r} ({url})")
-            raise
-    constants.update(presets)
-    return constants
-
-
-def _preset_named(key: str, name: str) -> str:
-    try:
-        return preset(name)
-    except ValueError as err:
-        raise ValueError(f"presets_map[{key!r}]: {err}") from None

@@ -31,7 +31,7 @@ from fastgen_dm.index.build import index_shard
 from fastgen_dm.index.shard_index import ShardIndex
 from fastgen_dm.index.store import load_index, save_index
 from fastgen_dm.plan import sample_runs
-from fastgen_dm.read.tar import ByteCounter, split_sample
+from fastgen_dm.read.shard_bytes import ByteCounter, split_sample
 from fastgen_dm.storage import StorageReadError, is_local, resolve_fs
 
 logger = logging.getLogger(__name__)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-from collections import Counter
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterator, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, Collection, Literal, Mapping, Sequence
 
-import numpy as np
 import torch
 
-from fastgen_dm.batch import SampleFilteredOut, SampleSpec, collate_column, drop_rows, load_constants, wds_batch
-from fastgen_dm.datamodules.base import PlannedDataModule, PlannedStream, TrainingTail, validate_training_tail
+from fastgen_dm.batch import collate_column, drop_rows, load_constants
+from fastgen_dm.batch.assemble import SampleTransform
+from fastgen_dm.datamodules.base import PlannedDataModule, TrainingTail, validate_training_tail
+from fastgen_dm.decode.sample import SampleSpec
 from fastgen_dm.index.datatags import (
     copy_remote_indexes,
     Shard,
@@ -24,11 +22,12 @@ from fastgen_dm.index.datatags import (
 )
 from fastgen_dm.index.build import index_shards
 from fastgen_dm.index.store import save_index
-from fastgen_dm.plan import Cursor, SamplePlan, ShardOrder, TailPolicy, worker_batch_ids
-from fastgen_dm.read import BadDataPolicy, keep_stepping
-from fastgen_dm.read.tar import iter_shard
-from fastgen_dm.read.wds import ShardReader
+from fastgen_dm.plan import Cursor, TailPolicy
+from fastgen_dm.read import BadDataPolicy, StandIn, skipped_name
+from fastgen_dm.read.shard_reader import ShardReader
 from fastgen_dm.storage import is_local, list_shards, parse_datatag, check_storage_options, without_redacted
+from fastgen_dm.streams import PlannedStream, ResampledWDSStream, SampleSource, WDSStream
+from fastgen_dm.streams.shard_resampled import NO_END
 
 logger = logging.getLogger(__name__)
 
@@ -36,275 +35,6 @@ DEFAULT_INDEX_DIR = "FASTGEN_OUTPUT/index"
 DEFAULT_INTERLEAVE = 64
 FASTGEN_SHUFFLE_SIZE = 1000  # WDSLoader's default buffer, in samples: the mixing blocks must match
 DEFAULT_SHUFFLE_BUFFER_BYTES = 256 << 20
-_NO_END = 1 << 62  # resampled streams never end: Lightning stops them with max_steps
-
-
-class SampleOrigin(NamedTuple):
-    """Where a sample comes from, for transforms that seed per sample (e.g. a video's clip start).
-
-    ``draw``: in resampled mode, where a sample can be drawn many times, the reader's count of
-    samples drawn before this one (so each draw gets its own clip); None in epoch mode.
-    """
-
-    url: str
-    key: str
-    epoch: int
-    draw: int | None = None
-
-
-#: A family's per-sample step after decoding: ``(sample, origin) -> sample``; raising = bad data.
-SampleTransform = Callable[[dict[str, Any], SampleOrigin], dict[str, Any]]
-
-#: Keys whose full shape must match across samples; other tensors must match in dtype and rank.
-FIXED_SHAPE_KEYS = ("real", "noise", "path")
-
-
-def _has_non_finite(value: torch.Tensor | np.ndarray) -> bool:
-    if isinstance(value, np.ndarray):
-        return value.dtype.kind in "fc" and not bool(np.isfinite(value).all())
-    return (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all())
-
-
-def _signature(value: Any) -> tuple[str, tuple[int, ...]] | None:
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return str(value.dtype), tuple(value.shape)
-    return None
-
-
-class _Decoder:
-    """Turns read samples into batches, counting bad and filtered ones (one per reader process).
-
-    The reader's first batch fixes each tensor key's dtype and rank (and, for
-    ``FIXED_SHAPE_KEYS``, its shape) by majority, so one odd sample among good ones is the one
-    counted as bad, whichever comes first; a later sample that differs is bad data too, not a
-    batch that fails to collate. ``check_finite`` also counts tensors holding NaN or Inf as bad.
-    """
-
-    def __init__(
-        self,
-        spec: SampleSpec,
-        constants: Mapping[str, Any],
-        policy: BadDataPolicy,
-        transform: SampleTransform | None = None,
-        check_finite: bool = False,
-    ) -> None:
-        self.spec, self.constants, self.policy, self.transform = spec, constants, policy, transform
-        self.check_finite = check_finite
-        self.filtered = 0
-        self.schema: dict[str, tuple[str, tuple[int, ...]]] = {}
-
-    def _fix_schema(self, samples: Sequence[Mapping[str, Any]]) -> None:
-        """Each key's most common signature among ``samples`` (FIXED_SHAPE_KEYS by full shape)."""
-        votes: dict[str, Counter[tuple[str, tuple[int, ...]]]] = {}
-        for sample in samples:
-            for key, value in sample.items():
-                signature = _signature(value)
-                if signature is not None:
-                    vote = signature if key in FIXED_SHAPE_KEYS else (signature[0], (0,) * len(signature[1]))
-                    votes.setdefault(key, Counter())[vote] += 1
-        for key, counter in votes.items():
-            self.schema.setdefault(key, counter.most_common(1)[0][0])
-
-    def _check(self, sample: Mapping[str, Any]) -> None:
-        for key, value in sample.items():
-            signature = _signature(value)
-            if signature is None:
-                continue
-            if self.check_finite and _has_non_finite(value):
-                raise ValueError(f"{key!r} holds NaN or Inf values (check_finite=True)")
-            expected = self.schema.setdefault(key, signature)
-            dtype, shape = signature
-            same_shape = shape == expected[1] if key in FIXED_SHAPE_KEYS else len(shape) == len(expected[1])
-            if dtype != expected[0] or not same_shape:
-                described = f"{expected[0]}{list(expected[1])}" if key in FIXED_SHAPE_KEYS else f"{expected[0]} with {len(expected[1])} dimensions"
-                raise ValueError(f"{key!r} is {dtype}{list(shape)}, but the dataset's are {described}")
-
-    def batch(self, items: Sequence[tuple[str, str, Any]], epoch: int, first_draw: int | None = None) -> dict[str, Any] | None:
-        """``items``: (shard url, key, members or exception); None when every sample was dropped.
-
-        ``first_draw``: the draw number of the first item (resampled mode), None in epoch mode.
-        """
-        decoded = []
-        for k, (url, key, members) in enumerate(items):
-            if isinstance(members, Exception):
-                self.policy.skip(url, key, members)
-                continue
-            try:
-                sample = self.spec.decode(members)
-                if self.transform is not None:
-                    draw = None if first_draw is None else first_draw + k
-                    sample = self.transform(sample, SampleOrigin(url, key, epoch, draw))
-            except SampleFilteredOut:
-                self.filtered += 1
-                self.policy.ok()
-                continue
-            except Exception as err:  # undecodable or incomplete sample: counted by the policy
-                self.policy.skip(url, key, err)
-                continue
-            decoded.append((url, key, sample))
-        if not self.schema:
-            self._fix_schema([sample for _, _, sample in decoded])
-        samples, fnames, shards = [], [], []
-        for url, key, sample in decoded:
-            try:
-                self._check(sample)
-            except ValueError as err:
-                self.policy.skip(url, key, err)
-                continue
-            self.policy.ok()
-            samples.append(sample)
-            fnames.append(key)
-            shards.append(url)
-        return wds_batch(samples, fnames, shards, self.constants) if samples else None
-
-
-@dataclass(frozen=True)
-class SampleSource:
-    """What a stream reads and how it turns samples into batches (shared by both stream kinds)."""
-
-    shards: tuple[Shard, ...]
-    spec: SampleSpec
-    constants: Mapping[str, Any]
-    batch_size: int
-    seed: int
-    max_skip_fraction: float
-    storage_options: Mapping[str, Any] | None = None
-    transform: SampleTransform | None = None
-    offsets_dir: str | None = None
-    check_finite: bool = False
-
-    def decoder(self, policy: BadDataPolicy) -> _Decoder:
-        return _Decoder(self.spec, self.constants, policy, self.transform, self.check_finite)
-
-
-class WDSStream(PlannedStream):
-    """Batches of a sharded dataset following the sample plan (epoch mode).
-
-    Args:
-        source: What to read and how to turn samples into batches.
-        shuffle: Shuffle shards and blocks each epoch (see :class:`fastgen_dm.plan.ShardOrder`).
-        tail: The plan's tail policy.
-        block: Consecutive samples of a shard read with one request.
-        interleave: Shards whose blocks alternate in the order.
-        prefetch_batches: Batches a reader keeps in flight ahead of the one being decoded.
-        skipped_index_dir: Where readers write the keys they skipped.
-    """
-
-    def __init__(
-        self,
-        source: SampleSource,
-        *,
-        shuffle: bool,
-        tail: TailPolicy,
-        block: int = 1,
-        interleave: int = 1,
-        prefetch_batches: int = 2,
-        skipped_index_dir: str | None = None,
-    ) -> None:
-        self.source = source
-        self.max_skip_fraction = source.max_skip_fraction
-        self.counts = np.array([s.count for s in source.shards], dtype=np.int64)
-        self.shuffle, self.tail = shuffle, tail
-        self.block, self.interleave, self.prefetch_batches = block, interleave, prefetch_batches
-        self.skipped_index_dir = skipped_index_dir
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.counts.sum())
-
-    def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        src = self.source
-        return SamplePlan(self.num_samples, src.batch_size, self.world_size, src.seed, epoch, self.shuffle, start, self.tail)
-
-    def order_for(self, epoch: int) -> ShardOrder:
-        """The epoch's order of (shard, sample) pairs, computed per position."""
-        return ShardOrder(
-            self.counts, seed=self.source.seed, epoch=epoch, shuffle=self.shuffle, block=self.block,
-            interleave=self.interleave, mix=self.source.batch_size,
-        )  # fmt: skip
-
-    def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        src = self.source
-        order = self.order_for(plan.epoch)
-        steps = worker_batch_ids(plan.rank_num_batches(self.rank), num_workers, worker_id)
-        wanted = (order.locate(plan.batch_positions(self.rank, j)) for j in steps)
-        reader = ShardReader(src.storage_options, offsets_dir=src.offsets_dir)
-        decoder = src.decoder(self.bad_data_policy(worker_id))
-        try:
-            batches = (decoder.batch(items, plan.epoch) for items in reader.prefetch(src.shards, wanted, self.prefetch_batches))
-            yield from keep_stepping(batches, f"rank {self.rank} worker {worker_id}")
-        finally:
-            reader.close()
-            if decoder.filtered:
-                logger.info(
-                    "rank %d worker %d epoch %d: %d samples filtered out (presets_filter, or a key_map member missing)",
-                    self.rank, worker_id, plan.epoch, decoder.filtered,
-                )  # fmt: skip
-            decoder.policy.write_skipped(self.skipped_index_dir, f"skipped-epoch{plan.epoch}-rank{self.rank}-worker{worker_id}")
-
-
-class ResampledWDSStream(PlannedStream):
-    """Shards drawn with replacement (webdataset's ``ResampledShards``), whole-shard reads, a byte-bounded shuffle buffer.
-
-    FastGen's training behaviour. Seeded by (seed, rank, worker, epoch, position): the position
-    (samples drawn, in the DataModule's ``state_dict``) makes a run restarted from a checkpoint
-    draw anew rather than replay its first batches. Not an exact resume: use epoch mode for that.
-    Endless unless ``epoch_samples`` declares an epoch (global samples, rounded down to whole
-    steps), which gives the loader a length.
-    """
-
-    def __init__(self, source: SampleSource, shuffle_buffer_bytes: int, epoch_samples: int | None = None) -> None:
-        self.source = source
-        self.max_skip_fraction = source.max_skip_fraction
-        self.shuffle_buffer_bytes = shuffle_buffer_bytes
-        self.epoch_samples = epoch_samples
-        self.endless = epoch_samples is None
-
-    def plan_for(self, epoch: int, start: int) -> SamplePlan:
-        step = self.source.batch_size * self.world_size
-        if self.epoch_samples is not None and self.epoch_samples < step:
-            raise ValueError(
-                f"epoch_samples={self.epoch_samples} is less than one step ({self.world_size} GPUs x batch_size "
-                f"{self.source.batch_size}); declare at least {step}"
-            )
-        total = _NO_END if self.epoch_samples is None else self.epoch_samples
-        return SamplePlan(total, self.source.batch_size, self.world_size, self.source.seed, epoch, shuffle=False, start=start, tail="drop")
-
-    def iter_batches(self, plan: SamplePlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        from webdataset import ResampledShards
-
-        src = self.source
-        # the position joins the seed: a run restarted from a checkpoint draws anew instead of replaying
-        seed = np.random.SeedSequence([src.seed, self.rank, worker_id, plan.epoch, plan.start]).generate_state(1)[0]
-        rng = np.random.default_rng(seed)
-        by_url = {shard.url: shard for shard in src.shards}
-        draws = ResampledShards(list(by_url), seed=src.seed, worker_seed=lambda: int(seed), deterministic=True, empty_check=False)
-        wanted = len(worker_batch_ids(plan.rank_num_batches(self.rank), num_workers, worker_id))
-        yield from itertools.islice(self._batches(plan, worker_id, rng, (by_url[d["url"]] for d in draws)), wanted)
-
-    def _batches(self, plan: SamplePlan, worker_id: int, rng: np.random.Generator, shards: Iterator[Shard]) -> Iterator[dict[str, Any]]:
-        src = self.source
-        decoder = src.decoder(self.bad_data_policy(worker_id))
-        buffer: list[tuple[str, str, Any]] = []
-        buffered_bytes = 0
-        pending: list[tuple[str, str, Any]] = []
-        drawn = 0  # samples handed to the decoder: a sample drawn again gets another draw number
-        for shard in shards:
-            for key, members in iter_shard(shard.url, src.storage_options):
-                if key in shard.ignored:
-                    continue
-                buffer.append((shard.url, key, members))
-                buffered_bytes += sum(map(len, members.values())) if isinstance(members, dict) else 0
-                while buffer and buffered_bytes >= self.shuffle_buffer_bytes:
-                    item = buffer.pop(int(rng.integers(len(buffer))))
-                    buffered_bytes -= sum(map(len, item[2].values())) if isinstance(item[2], dict) else 0
-                    pending.append(item)
-                    if len(pending) == src.batch_size:
-                        batch = decoder.batch(pending, plan.epoch, first_draw=drawn)
-                        drawn += len(pending)
-                        pending = []
-                        if batch is not None:
-                            yield batch
 
 
 class WDSDataModule(PlannedDataModule):
@@ -425,9 +155,6 @@ class WDSDataModule(PlannedDataModule):
         """A picklable per-sample step after decoding (media families decode and crop here)."""
         return None
 
-    #: True when the family leaves decoding to :meth:`decode_rows`, after the transfer to the device.
-    decodes_on_device: bool = False
-
     def decode_rows(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, list[Any]], dict[int, BaseException]]:
         """A family's decoding after the transfer (nvJPEG, NVDEC): the keys it produces, one value per
         row, and the rows that failed with their errors (their values are ignored)."""
@@ -521,7 +248,7 @@ class WDSDataModule(PlannedDataModule):
         self.pass_stream: WDSStream | None = None  # the training samples, once, for test and predict without val_datatags
         # samples that fail to decode on the device are bad data of the main process
         self.device_bad_data = BadDataPolicy(max_skip_fraction)
-        self._last_decoded: dict[str, Any] | None = None
+        self._device_stand_in: StandIn[dict[str, Any]] = StandIn("the main process")
 
     def _validate(self, train: bool) -> None:
         for tag in [*self.datatags, *self.val_datatags]:
@@ -590,14 +317,15 @@ class WDSDataModule(PlannedDataModule):
 
     def _resolve(self, datatags: Sequence[str], need_counts: bool, num_shards: int | None = None) -> list[Shard]:
         return resolve_datatags(
-            datatags, self.shard_start, self.shard_end, num_shards, self.shard_count_file,
-            self.ignore_index_paths, self.index_dir, self.storage_options, need_counts,
+            datatags, shard_start=self.shard_start, shard_end=self.shard_end, num_shards=num_shards,
+            shard_count_file=self.shard_count_file, ignore_index_paths=self.ignore_index_paths,
+            index_dir=self.index_dir, storage_options=self.storage_options, need_counts=need_counts,
         )  # fmt: skip
 
     def _constants(self) -> dict[str, Any]:
         base = parse_datatag(self.datatags[0])
         return load_constants(
-            self.files_map, self.presets_map, base, self.storage_options, self.optional_files,
+            self.files_map, self.presets_map, base, storage_options=self.storage_options, optional_files=self.optional_files,
             txt_extensions=self.spec.txt_extensions, allow_pickle=self.spec.allow_pickle,
         )  # fmt: skip
 
@@ -607,8 +335,9 @@ class WDSDataModule(PlannedDataModule):
         spec = dataclasses.replace(self.spec, defaults=defaults)
         constants = {key: value for key, value in constants.items() if key not in defaults}
         return SampleSource(
-            tuple(shards), spec, constants, self.batch_size, self.seed, self.max_skip_fraction,
-            self.storage_options, self.sample_transform(), self.offsets_dir, self.check_finite,
+            tuple(shards), spec=spec, constants=constants, batch_size=self.batch_size, seed=self.seed,
+            max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options,
+            transform=self.sample_transform(), offsets_dir=self.offsets_dir, check_finite=self.check_finite,
         )  # fmt: skip
 
     @property
@@ -683,7 +412,7 @@ class WDSDataModule(PlannedDataModule):
                 self.cursor = Cursor(self.sampler_start_idx // n, self.sampler_start_idx % n)
             self.train_stream = stream
         if self.resampled and self.cursor is None:  # a position: how far the stream was drawn
-            per_epoch = self.epoch_samples or _NO_END
+            per_epoch = self.epoch_samples or NO_END
             self.cursor = Cursor(self.sampler_start_idx // per_epoch, self.sampler_start_idx % per_epoch)
         if self.val_datatags:
             val_source = self._source(self._resolve(self.val_datatags, need_counts=True, num_shards=self._num_shards()), constants)
@@ -695,11 +424,11 @@ class WDSDataModule(PlannedDataModule):
             self.pass_stream = WDSStream(counted, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.decodes_on_device:
-            batch = self._decode_on_device(batch)
+        if self.decode_on_device:
+            batch = self._decode_after_transfer(batch)
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
-    def _decode_on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _decode_after_transfer(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Run :meth:`decode_rows`; count, log and drop the rows that fail (and add them to
         ``skipped_index_dir``'s ``skipped-rank<r>-device.json``).
 
@@ -713,31 +442,41 @@ class WDSDataModule(PlannedDataModule):
             else:
                 self.device_bad_data.ok()
         if failures:
-            self.device_bad_data.write_skipped(self.skipped_index_dir, f"skipped-rank{self.placement()[0]}-device")
+            self.device_bad_data.write_skipped(self.skipped_index_dir, skipped_name(self.placement()[0], "device"))
         if len(failures) == len(batch["fname"]):
-            if self._last_decoded is None:
+            previous = self._device_stand_in.lost("every sample of a batch failed to decode on the device")
+            if previous is None:
                 raise RuntimeError(
                     f"every sample of the first batch failed to decode on the device; first: "
                     f"{batch['fname'][0]} in {batch['shard'][0]}: {failures[0]!r}"
                 )
-            logger.warning("every sample of a batch failed to decode on the device; repeating the previous batch")
-            return dict(self._last_decoded)
+            return dict(previous)
         batch = drop_rows({**batch, **values}, failures)
         for key in values:
             batch[key] = collate_column(batch[key])
-        self._last_decoded = dict(batch)
+        self._device_stand_in.good(dict(batch))
         return batch
 
     def train_dataloader(self):
-        if self.train_stream is None:
-            self.setup("fit")
+        loader = super().train_dataloader()
         assert self.train_stream is not None
-        loader = self.make_loader(self.train_stream, self.cursor)
         self.device_bad_data.tally = self.train_stream.tally  # the main process's row of the run totals
         return loader
 
     def _training_stream(self) -> PlannedStream | None:
         return self.train_stream
+
+    # -- inspection ------------------------------------------------------------------------
+    def data_files(self) -> list[tuple[str, int]]:
+        """Every shard of every datatag, with its size."""
+        return [(f.url, f.size) for tag in self.datatags for f in list_shards(parse_datatag(tag), self.storage_options, tag)]
+
+    def shards(self) -> tuple[Shard, ...]:
+        stream = self.train_stream
+        return stream.source.shards if isinstance(stream, (WDSStream, ResampledWDSStream)) else ()
+
+    def samples_per_epoch(self) -> int | None:
+        return self.train_stream.num_samples if isinstance(self.train_stream, WDSStream) else None
 
 
 def _tail_from(tail: TailPolicy | None, partial: bool | None) -> TailPolicy:
