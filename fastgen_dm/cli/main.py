@@ -27,6 +27,7 @@ TOOLS = {
     "verify": "Decode every sample once; list the bad ones and write an ignore index.",
     "bench": "Measure a DataModule's loader: samples/s, MB/s, data wait, against raw reads.",
     "show": "Draw one batch as a picture: image grid, video frame strips, latent channels.",
+    "ledger": "Name the samples each GPU trained on at a step (runs with ledger_dir); write them as an ignore index.",
 }
 
 

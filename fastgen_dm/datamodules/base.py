@@ -12,13 +12,16 @@ import inspect
 import logging
 import os
 import types
+import warnings
 from typing import Any, Literal, Sequence, TypeVar
 
 import lightning
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from fastgen_dm.index.datatags import Shard, load_ignore_index
+from fastgen_dm.ledger import LedgerWriter
 from fastgen_dm.plan import Cursor
 from fastgen_dm.read import new_tally
 from fastgen_dm.storage import redact_storage_options
@@ -26,6 +29,11 @@ from fastgen_dm.streams.planned import PlannedDataLoader, PlannedStream
 from fastgen_dm.transform import scale_to_unit
 
 logger = logging.getLogger(__name__)
+
+# Lightning warns that an IterableDataset's length "could be inaccurate" with several workers,
+# because workers usually all iterate the same data; here each worker yields its own batches of
+# the plan and the loader's length counts them exactly, so the warning would only mislead.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=PossibleUserWarning)
 
 _Self = TypeVar("_Self", bound="PlannedDataModule")
 
@@ -71,6 +79,9 @@ class PlannedDataModule(lightning.LightningDataModule):
             sequence-parallel group); the plan splits over the groups, and a checkpoint resumes
             on any number of groups. None: the tensor-parallel size of a ``ModelParallelStrategy``,
             else 1. Each rank of a group reads the batch itself (no broadcast per step).
+        ledger_dir: Folder of the data ledger: each rank appends, per training batch, the step,
+            the stream's position and the samples it trained on (``fastgen ledger STEP`` names
+            them). None: no ledger.
         normalize_on_device: Deliver pixels as uint8 and scale them to [-1, 1] after the
             transfer to the device (4x less host-to-device traffic, same values). Outside a
             Trainer, call :meth:`on_after_batch_transfer` yourself to get the scaled batch.
@@ -92,6 +103,7 @@ class PlannedDataModule(lightning.LightningDataModule):
         prefetch_factor: int | None = None,
         multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
         replicas: int | None = None,
+        ledger_dir: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -108,6 +120,8 @@ class PlannedDataModule(lightning.LightningDataModule):
         if replicas is not None and replicas < 1:
             raise ValueError(f"replicas must be at least 1 or None (from the strategy), got {replicas}")
         self.replicas = replicas
+        self.ledger_dir = ledger_dir
+        self._ledger: LedgerWriter | None = None
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
@@ -305,12 +319,21 @@ class PlannedDataModule(lightning.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = self.trainer
         if trainer is not None and trainer.training and self.cursor is not None:
+            if self.ledger_dir is not None:
+                if self._ledger is None:
+                    self._ledger = LedgerWriter(self.ledger_dir, trainer.global_rank)
+                self._ledger.record(trainer.global_step, self.cursor.epoch, self.cursor.position, batch)
             self.cursor.step()  # the training loop consumes this batch now (prefetches are not counted)
         if self.normalize_on_device:
             for key in self.device_scaled_keys:
                 if key in batch and batch[key].dtype == torch.uint8:
                     batch[key] = scale_to_unit(batch[key])
         return batch
+
+    def teardown(self, stage: str) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
 
     def bad_data_totals(self) -> tuple[int, int]:
         """``(seen, skipped)`` samples of the training stream over this rank's whole run."""

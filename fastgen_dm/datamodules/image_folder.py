@@ -75,6 +75,8 @@ class ImageFolderDataModule(PlannedDataModule):
         replicas: Consecutive GPUs that receive identical batches (a context- or
             sequence-parallel group); the epoch splits over the groups. None: the
             tensor-parallel size of a ``ModelParallelStrategy``, else 1.
+        ledger_dir: Folder where each GPU logs the samples of every training step (``fastgen
+            ledger STEP --dir DIR`` names them); None: no ledger.
         normalize_on_device: Deliver uint8 pixels and scale them on the GPU after the transfer.
         tail: The epoch's last step when it does not fill every GPU: "pad" repeats a few samples
             from the start of the epoch (fewer than the number of GPUs) so every GPU gets a
@@ -132,6 +134,7 @@ class ImageFolderDataModule(PlannedDataModule):
         prefetch_factor: int | None = None,
         multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
         replicas: int | None = None,
+        ledger_dir: str | None = None,
         normalize_on_device: bool = False,
         tail: TrainingTail = "pad",
         max_skip_fraction: float = 0.01,
@@ -155,7 +158,7 @@ class ImageFolderDataModule(PlannedDataModule):
         super().__init__(
             batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device,
             persistent_workers=persistent_workers, prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
-            replicas=replicas,
+            replicas=replicas, ledger_dir=ledger_dir,
         )  # fmt: skip
         self.save_hyperparameters()
         self.cache_build_workers = build_workers

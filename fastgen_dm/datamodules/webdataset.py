@@ -139,6 +139,8 @@ class WDSDataModule(PlannedDataModule):
         replicas: Consecutive GPUs that receive identical batches (a context- or
             sequence-parallel group); the epoch splits over the groups. None: the
             tensor-parallel size of a ``ModelParallelStrategy``, else 1.
+        ledger_dir: Folder where each GPU logs the samples of every training step (``fastgen
+            ledger STEP --dir DIR`` names them); None: no ledger.
         normalize_on_device: Deliver uint8 pixels and scale them on the GPU (media families).
         storage_options: fsspec options (endpoint, credentials) for remote locations. Credentials
             are never written: checkpoints and configs hold ``"<redacted>"``, which a run started
@@ -204,6 +206,7 @@ class WDSDataModule(PlannedDataModule):
         prefetch_factor: int | None = None,
         multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
         replicas: int | None = None,
+        ledger_dir: str | None = None,
         normalize_on_device: bool = False,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -211,7 +214,7 @@ class WDSDataModule(PlannedDataModule):
         super().__init__(
             batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device,
             persistent_workers=persistent_workers, prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
-            replicas=replicas,
+            replicas=replicas, ledger_dir=ledger_dir,
         )  # fmt: skip
         self.save_hyperparameters()
         self.datatags = list(datatags)
