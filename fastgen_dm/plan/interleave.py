@@ -59,38 +59,41 @@ class Interleave:
         self.total = sum(self.weights)
         self._live = [k for k, w in enumerate(self.weights) if w > 0]
         self._share = np.array([w / self.total for w in self.weights])
-        # event m of stream k as an integer proportional to its time: (m q_k - p_k) * L / (w_k q_k)
-        # for phase p_k / q_k, with L the least common multiple of the w_k q_k
-        denominators = [w * p.denominator for w, p in zip(self.weights, self.phases) if w]
-        common = math.lcm(*denominators)
-        self._scale = [common // (w * p.denominator) if w else 0 for w, p in zip(self.weights, self.phases)]
+        # exact integer keys of the events: key(k, m) = (m - phi_k) L / w_k = (m q_k - p_k) L / (w_k q_k)
+        # for phase p_k / q_k, with L the least common multiple of the w_k q_k; a key is the
+        # event's time times L / A, so keys order events as their times do
+        self._p = [p.numerator for p in self.phases]
+        self._q = [p.denominator for p in self.phases]
+        self._common = math.lcm(*(w * q for w, q in zip(self.weights, self._q) if w))
+        self._scale = [self._common // (w * q) if w else 0 for w, q in zip(self.weights, self._q)]
 
-    def _time(self, k: int, m: int) -> Fraction:
-        """Time of event ``m`` (1-based) of stream ``k``."""
-        return (m - self.phases[k]) * self.total / self.weights[k]
+    def _key(self, k: int, m: int) -> int:
+        """The integer key of event ``m`` (1-based) of stream ``k``: its time, rescaled."""
+        return (m * self._q[k] - self._p[k]) * self._scale[k]
 
     def counts(self, g: int) -> list[int]:
         """Events of each stream among the first ``g`` of the interleaving."""
         assert g >= 0, g
-        # events at times up to g: within K of the answer, which the heap then walks to
-        n = [math.floor(Fraction(w * g, self.total) + phase) if w else 0 for w, phase in zip(self.weights, self.phases)]
+        A = self.total
+        # events at times up to g, floor(w g / A + p / q): within K of the answer, which the heap then walks to
+        n = [(w * g * q + p * A) // (A * q) if w else 0 for w, p, q in zip(self.weights, self._p, self._q)]
         excess = sum(n) - g
         if excess > 0:  # drop the latest events, in (time, stream) order
-            latest = [(-self._time(k, n[k]), -k) for k in self._live if n[k] > 0]
+            latest = [(-self._key(k, n[k]), -k) for k in self._live if n[k] > 0]
             heapq.heapify(latest)
             for _ in range(excess):
                 _, neg_k = heapq.heappop(latest)
                 k = -neg_k
                 n[k] -= 1
                 if n[k] > 0:
-                    heapq.heappush(latest, (-self._time(k, n[k]), -k))
+                    heapq.heappush(latest, (-self._key(k, n[k]), -k))
         elif excess < 0:  # add the next events
-            upcoming = [(self._time(k, n[k] + 1), k) for k in self._live]
+            upcoming = [(self._key(k, n[k] + 1), k) for k in self._live]
             heapq.heapify(upcoming)
             for _ in range(-excess):
                 _, k = heapq.heappop(upcoming)
                 n[k] += 1
-                heapq.heappush(upcoming, (self._time(k, n[k] + 1), k))
+                heapq.heappush(upcoming, (self._key(k, n[k] + 1), k))
         return n
 
     def window(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,23 +106,24 @@ class Interleave:
         first, last = self.counts(start), self.counts(stop)
         stream = np.repeat(np.arange(len(self.weights), dtype=np.int64), np.subtract(last, first))
         index = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in zip(first, last)])
-        # exact (time, stream) keys as Python integers: a float time could swap near-ties, and then
-        # two windows cut at another place would not concatenate to the same sequence
+        # exact keys as Python integers (they may pass 2**63): a float time could swap near-ties,
+        # and then two windows cut at another place would not concatenate to the same sequence
         K = len(self.weights)
-        keys = [((i + 1) * self.phases[k].denominator - self.phases[k].numerator) * self._scale[k] * K + k for k, i in zip(stream.tolist(), index.tolist())]
+        keys = [self._key(k, i + 1) * K + k for k, i in zip(stream.tolist(), index.tolist())]
         order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
         return stream[order], index[order]
 
     def rank(self, k: int, m: int) -> int:
         """Position in the interleaving (0-based) of event ``m`` (1-based) of stream ``k``."""
         assert self.weights[k] > 0 and m >= 1, (k, m)
-        time = self._time(k, m)
+        key = self._key(k, m)
         before = m - 1
         for i in self._live:
             if i != k:
-                x = self.weights[i] * time / self.total + self.phases[i]
-                # stream i's events at an earlier time, or at the same time with a lower index
-                before += math.floor(x) if i < k else math.ceil(x) - 1
+                # stream i's events m' with key(i, m') < key, i.e. m' < x = key w_i / L + p_i / q_i,
+                # or (when i < k, which comes first at equal times) m' <= x
+                num, den = key * self.weights[i] * self._q[i] + self._p[i] * self._common, self._common * self._q[i]
+                before += num // den if i < k else -(-num // den) - 1
         return before
 
     def tolerance(self) -> np.ndarray:
