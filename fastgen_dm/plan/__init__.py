@@ -11,11 +11,21 @@ from fastgen_dm.plan.partition import (
 )
 from fastgen_dm.plan.progress import Cursor, EpochPlan
 from fastgen_dm.plan.order import ShardOrder, sample_runs, shard_offsets
+from fastgen_dm.plan.interleave import Interleave
+from fastgen_dm.plan.mixing import EPOCH_ENDS, MIX_TAILS, EpochEnd, MixBatch, MixPlan, MixState, MixTail, stream_seed
 
 __all__ = [
+    "EPOCH_ENDS",
+    "MIX_TAILS",
     "TAIL_POLICIES",
     "Cursor",
+    "EpochEnd",
     "EpochPlan",
+    "Interleave",
+    "MixBatch",
+    "MixPlan",
+    "MixState",
+    "MixTail",
     "SamplePlan",
     "ShardOrder",
     "TailPolicy",
@@ -24,5 +34,6 @@ __all__ = [
     "sample_runs",
     "schedule",
     "shard_offsets",
+    "stream_seed",
     "worker_batch_ids",
 ]
