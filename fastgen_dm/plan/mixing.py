@@ -27,7 +27,8 @@ Guarantees:
   global step, or one rank's batch, of ``n`` samples holds ``pi_k n`` within twice that.
 - Equal steps on every rank, with :class:`SamplePlan`'s tail: ``pad`` splits the last step
   evenly and fills the fewer than ``world_size`` missing slots with the tail's first samples
-  again; ``drop`` leaves the incomplete last step out and its samples open the next epoch.
+  again; ``drop`` leaves the incomplete last step out and its samples open the next epoch
+  (under ``"first_exhausted"``, whose next epoch is the next pass, they are skipped).
 - Resume: the state (:class:`MixState`) is the epoch, the global samples consumed in it and
   a few integers per stream, the same on every rank and world size. Resuming on any world size
   or batch size with the same weights continues the very same sequence; with other weights, every
