@@ -79,7 +79,7 @@ class ImageWDSDataModule(WDSDataModule):
 
     def __init__(
         self,
-        datatags: list[str],
+        datatags: list[str] | None = None,
         batch_size: int = 32,
         input_res: int = 512,
         norm_mean: float | tuple[float, float, float] = 0.5,

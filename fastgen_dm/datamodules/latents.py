@@ -26,7 +26,7 @@ class ImageLatentDataModule(WDSDataModule):
     default_key_map = {"real": "latent.pth", "condition": "txt_emb.pth"}
     default_files_map = _NEG
 
-    def __init__(self, datatags: list[str], batch_size: int = 32, **kwargs: Any) -> None:
+    def __init__(self, datatags: list[str] | None = None, batch_size: int = 32, **kwargs: Any) -> None:
         super().__init__(datatags=datatags, batch_size=batch_size, **kwargs)
 
 
@@ -43,7 +43,7 @@ class VideoLatentDataModule(WDSDataModule):
     default_key_map = {"real": "latent.pth", "condition": "txt_emb.pth"}
     default_files_map = _NEG
 
-    def __init__(self, datatags: list[str], batch_size: int = 2, num_workers: int | None = 2, **kwargs: Any) -> None:
+    def __init__(self, datatags: list[str] | None = None, batch_size: int = 2, num_workers: int | None = 2, **kwargs: Any) -> None:
         super().__init__(datatags=datatags, batch_size=batch_size, num_workers=num_workers, **kwargs)
 
 
@@ -59,7 +59,7 @@ class PairDataModule(WDSDataModule):
     default_key_map = {"real": "latent.pth", "noise": "noise.pth", "condition": "txt_emb.pth"}
     default_files_map = _NEG
 
-    def __init__(self, datatags: list[str], batch_size: int = 32, **kwargs: Any) -> None:
+    def __init__(self, datatags: list[str] | None = None, batch_size: int = 32, **kwargs: Any) -> None:
         super().__init__(datatags=datatags, batch_size=batch_size, **kwargs)
 
 
@@ -75,5 +75,5 @@ class PathDataModule(WDSDataModule):
     default_key_map = {"real": "latent.pth", "path": "path.pth", "condition": "txt_emb.pth"}
     default_files_map = _NEG
 
-    def __init__(self, datatags: list[str], batch_size: int = 32, **kwargs: Any) -> None:
+    def __init__(self, datatags: list[str] | None = None, batch_size: int = 32, **kwargs: Any) -> None:
         super().__init__(datatags=datatags, batch_size=batch_size, **kwargs)

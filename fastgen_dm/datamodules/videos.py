@@ -80,7 +80,7 @@ class VideoWDSDataModule(WDSDataModule):
 
     def __init__(
         self,
-        datatags: list[str],
+        datatags: list[str] | None = None,
         batch_size: int = 2,
         sequence_length: int = 81,
         img_size: tuple[int, int] = (832, 480),

@@ -27,7 +27,9 @@ from fastgen_dm.read import BadDataPolicy, StandIn, skipped_name
 from fastgen_dm.read.shard_reader import ShardReader
 from fastgen_dm.storage import is_local, list_shards, parse_datatag, check_storage_options, without_redacted
 from fastgen_dm.streams import PlannedStream, ResampledWDSStream, SampleSource, WDSStream
+from fastgen_dm.streams.shard_mixed import MixedWDSStream
 from fastgen_dm.streams.shard_resampled import NO_END
+from fastgen_dm.plan.mixing import MixPlan, MixState
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +92,21 @@ class WDSDataModule(PlannedDataModule):
             local datatags, an error with remote ones.
         resampled: Endless stream drawing shards with replacement (FastGen's training
             behaviour); no epochs, no exact resume, no counts needed.
-        epoch_samples: ``resampled`` mode only: samples of all GPUs together that make an epoch
+        epoch_samples: Samples of all GPUs together that make an epoch: in ``resampled`` mode
             (rounded down to whole steps), so the loader has a length for schedulers,
-            ``val_check_interval`` and epoch-based callbacks. None: endless; stop with ``max_steps``.
+            ``val_check_interval`` and epoch-based callbacks (None: endless; stop with
+            ``max_steps``); with ``streams`` and ``epoch_end="total"``, the mix's epoch.
+        streams: Datasets to mix, instead of ``datatags``: ``[{"datatags": [...], "weight": 3},
+            {"datatags": [...], "weight": 1}]``, or ``"proportion"`` (shares summing to 1) or
+            ``"repeat"`` (passes of that stream per epoch), one kind for every stream. Each stream
+            is read exactly once per pass in its own shuffled order (a stream that runs out starts
+            its next pass); every global step holds each stream's share within 1/2 sample for two
+            streams (``(K - 1) / 2`` at most for K). ``key_map`` and the other options are shared.
+            A checkpoint resumes every stream exactly on any number of GPUs; resumed with other
+            weights, every stream keeps its position and the new weights apply from there.
+        epoch_end: How a mix's epoch ends: ``"first_exhausted"`` (the first stream to finish its
+            pass ends it) or ``"total"`` (after ``epoch_samples`` samples). ``repeat`` declares
+            the epoch itself.
         shuffle: Shuffle shards and samples each epoch by ``(seed, epoch)``.
         read_block_bytes: Bytes of consecutive samples of one shard read with one request (a
             *block*): at least one sample, and at most half a batch, so a batch always mixes
@@ -164,7 +178,7 @@ class WDSDataModule(PlannedDataModule):
 
     def __init__(
         self,
-        datatags: list[str],
+        datatags: list[str] | None = None,
         batch_size: int = 32,
         key_map: dict[str, str] | None = None,
         files_map: dict[str, str] | None = None,
@@ -184,6 +198,8 @@ class WDSDataModule(PlannedDataModule):
         cache_path: str | None = None,
         resampled: bool = False,
         epoch_samples: int | None = None,
+        streams: list[dict[str, Any]] | None = None,
+        epoch_end: Literal["first_exhausted", "total"] = "first_exhausted",
         shuffle: bool = True,
         read_block_bytes: int = 2 << 20,
         interleave: int | None = None,
@@ -217,7 +233,12 @@ class WDSDataModule(PlannedDataModule):
             replicas=replicas, ledger_dir=ledger_dir,
         )  # fmt: skip
         self.save_hyperparameters()
-        self.datatags = list(datatags)
+        if streams and datatags:
+            raise ValueError("give datatags or streams, not both: each stream names its own datatags")
+        self.streams = [_check_stream(k, stream) for k, stream in enumerate(streams or [])]
+        self.epoch_end = epoch_end
+        self.datatags = [tag for stream in self.streams for tag in stream["datatags"]] if self.streams else list(datatags or [])
+        self._restored_mix: dict[str, Any] | None = None
         self.val_datatags = list(val_datatags or [])
         self.spec = SampleSpec(
             dict(self.default_key_map if key_map is None else key_map),
@@ -257,9 +278,13 @@ class WDSDataModule(PlannedDataModule):
         for tag in [*self.datatags, *self.val_datatags]:
             parse_datatag(tag)
         if not self.datatags:
-            raise ValueError("datatags is empty; give at least one 'WDS:<location>'")
-        if self.epoch_samples is not None and not self.resampled:
-            raise ValueError(f"epoch_samples={self.epoch_samples} declares an epoch of resampled mode; epoch mode's epoch is the dataset: add resampled=True or drop it")
+            raise ValueError("datatags is empty; give at least one 'WDS:<location>' (or streams to mix)")
+        if self.streams and self.resampled:
+            raise ValueError("streams mixes epoch-mode datasets exactly; resampled=True draws shards at random: use one or the other")
+        if self.streams and self.epoch_end == "total" and self.epoch_samples is None and "repeat" not in self.streams[0]:
+            raise ValueError("epoch_end='total' needs epoch_samples, the samples of a mixed epoch; or use epoch_end='first_exhausted'")
+        if self.epoch_samples is not None and not self.resampled and not self.streams:
+            raise ValueError(f"epoch_samples={self.epoch_samples} declares an epoch of resampled mode or of a mix; epoch mode's epoch is the dataset: add resampled=True or drop it")
         if self.epoch_samples is not None and self.epoch_samples < 1:
             raise ValueError(f"epoch_samples must be at least 1 or None (endless), got {self.epoch_samples}")
         if self.resampled and not train:
@@ -402,6 +427,10 @@ class WDSDataModule(PlannedDataModule):
         source = self._source(shards, constants)
         if self.resampled:
             self.train_stream = ResampledWDSStream(source, self._shuffle_buffer_bytes(shards, probed_sizes), self.epoch_samples)
+        elif self.streams:
+            self.train_stream = self._mixed_stream(constants)
+            if self.cursor is None:
+                self.cursor = Cursor(0, self.sampler_start_idx)
         else:
             block = self._block(shards)
             stream = WDSStream(
@@ -425,6 +454,49 @@ class WDSDataModule(PlannedDataModule):
         elif stage in ("test", "predict"):  # resampled shards carry no counts, and one pass needs them
             counted = self._source(self._resolve(self.datatags, need_counts=True, num_shards=self._num_shards()), constants)
             self.pass_stream = WDSStream(counted, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
+
+    def _mixed_stream(self, constants: Mapping[str, Any]) -> MixedWDSStream:
+        per_stream = [self._resolve(stream["datatags"], need_counts=True, num_shards=self._num_shards()) for stream in self.streams]
+        shards = [shard for stream in per_stream for shard in stream]
+        kind = next(k for k in ("weight", "proportion", "repeat") if k in self.streams[0])
+        declared = [float(stream[kind]) for stream in self.streams]
+        stream = MixedWDSStream(
+            self._source(shards, constants), shards_per_stream=[len(s) for s in per_stream],
+            weights=declared if kind == "weight" else None, proportions=declared if kind == "proportion" else None,
+            repeat=declared if kind == "repeat" else None,
+            epoch_end="total" if kind == "repeat" else self.epoch_end,
+            total_samples=self.epoch_samples if self.epoch_end == "total" and kind != "repeat" else None,
+            shuffle=self.shuffle, tail=self.tail, block=self._block(shards),
+            interleave=DEFAULT_INTERLEAVE if self.interleave is None else self.interleave,
+            prefetch_batches=self.prefetch_batches, skipped_index_dir=self.skipped_index_dir,
+        )  # fmt: skip
+        self._resume_mix(stream)
+        return stream
+
+    def _resume_mix(self, stream: MixedWDSStream) -> None:
+        """A checkpoint's mix state becomes the stream's origin when its weights differ from these."""
+        if self._restored_mix is None:
+            return
+        saved = MixState.from_state_dict(self._restored_mix)
+        fresh = stream._plan(None).state
+        if saved.weights != fresh.weights:
+            logger.info("resuming the mix with weights %s (the checkpoint's were %s): every stream keeps its position", fresh.weights, saved.weights)
+            stream.origin = MixPlan(stream.stream_samples, batch_size=self.batch_size, state=saved, **stream.declaration).state  # type: ignore[arg-type]
+            stream._epoch_starts.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if state and isinstance(self.train_stream, MixedWDSStream) and self.cursor is not None:
+            stream = self.train_stream
+            stream.place(*self.placement())
+            state["mix"] = stream.state_at(self.cursor.epoch, self.cursor.position).state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._restored_mix = state_dict.get("mix")
+        if isinstance(self.train_stream, MixedWDSStream):
+            self._resume_mix(self.train_stream)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.decode_on_device:
@@ -480,6 +552,21 @@ class WDSDataModule(PlannedDataModule):
 
     def samples_per_epoch(self) -> int | None:
         return self.train_stream.num_samples if isinstance(self.train_stream, WDSStream) else None
+
+
+def _check_stream(k: int, stream: Mapping[str, Any]) -> dict[str, Any]:
+    """One entry of ``streams``: its datatags and exactly one of weight, proportion and repeat."""
+    if not isinstance(stream, Mapping):
+        raise ValueError(f"streams[{k}] must be a mapping like {{'datatags': ['WDS:...'], 'weight': 1}}, got {stream!r}")
+    unknown = set(stream) - {"datatags", "weight", "proportion", "repeat"}
+    kinds = [key for key in ("weight", "proportion", "repeat") if key in stream]
+    if unknown or len(kinds) != 1 or not stream.get("datatags"):
+        raise ValueError(
+            f"streams[{k}] = {dict(stream)}: give 'datatags' (a non-empty list) and exactly one of 'weight', 'proportion' "
+            f"or 'repeat'{'; unknown keys ' + str(sorted(unknown)) if unknown else ''}"
+        )
+    datatags = [stream["datatags"]] if isinstance(stream["datatags"], str) else list(stream["datatags"])
+    return {"datatags": datatags, kinds[0]: stream[kinds[0]]}
 
 
 def _tail_from(tail: TailPolicy | None, partial: bool | None) -> TailPolicy:

@@ -313,6 +313,23 @@ class MixPlan:
         count = self.counts[stream]
         return MixBatch(stream, drawn % count, drawn // count)
 
+    def position_after(self, steps: int) -> int:
+        """The epoch position once ``steps`` steps of this plan are consumed (the cursor's view)."""
+        return self._steps.position_after(steps)
+
+    def rank_num_batches(self, rank: int) -> int:
+        """Batches rank ``rank`` takes: every rank takes :attr:`num_steps`."""
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank must be in [0, {self.world_size}), got {rank}")
+        return self.num_steps
+
+    def state_at(self, position: int) -> MixState:
+        """The state at epoch ``position`` (at or after this plan's), e.g. a cursor's after a resume elsewhere."""
+        if not self.state.position <= position <= self._steps.end:
+            raise ValueError(f"position must be in [{self.state.position}, {self._steps.end}], got {position}")
+        drawn = tuple(int(a + s) for a, s in zip(self._anchor, self._mix.counts(self._index(position))))
+        return MixState(self.state.epoch, position, drawn, self.state.anchor, self.weights)
+
     def state_after(self, steps: int) -> MixState:
         """The state once ``steps`` steps of this plan are consumed; after the last, the next epoch's start."""
         if not 0 <= steps <= self.num_steps:
