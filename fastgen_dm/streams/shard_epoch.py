@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Iterator
 
 import numpy as np
 
 from fastgen_dm.plan import SamplePlan, ShardOrder, TailPolicy, worker_batch_ids
-from fastgen_dm.read import keep_stepping, skipped_name
-from fastgen_dm.read.shard_reader import ShardReader
 from fastgen_dm.streams.planned import PlannedStream
 from fastgen_dm.streams.shard_source import SampleSource
-
-logger = logging.getLogger(__name__)
 
 
 class WDSStream(PlannedStream):
@@ -69,16 +64,7 @@ class WDSStream(PlannedStream):
         order = self.order_for(plan.epoch)
         steps = worker_batch_ids(plan.rank_num_batches(self.rank), num_workers, worker_id)
         wanted = (order.locate(plan.batch_positions(self.rank, j)) for j in steps)
-        reader = ShardReader(src.storage_options, offsets_dir=src.offsets_dir)
-        decoder = src.decoder(self.bad_data_policy(worker_id))
-        try:
-            batches = (decoder.batch(items, plan.epoch) for items in reader.prefetch(src.shards, wanted, self.prefetch_batches))
-            yield from keep_stepping(batches, f"rank {self.rank} worker {worker_id}")
-        finally:
-            reader.close()
-            if decoder.filtered:
-                logger.info(
-                    "rank %d worker %d epoch %d: %d samples filtered out (presets_filter, or a key_map member missing)",
-                    self.rank, worker_id, plan.epoch, decoder.filtered,
-                )  # fmt: skip
-            decoder.policy.write_skipped(self.skipped_index_dir, skipped_name(self.rank, f"worker{worker_id}", plan.epoch))
+        yield from src.read_batches(
+            wanted, policy=self.bad_data_policy(worker_id), epoch=plan.epoch, rank=self.rank, worker_id=worker_id,
+            prefetch_batches=self.prefetch_batches, skipped_index_dir=self.skipped_index_dir,
+        )  # fmt: skip

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from fastgen_dm.plan import ShardOrder, worker_batch_ids
 from fastgen_dm.plan.mixing import EpochEnd, MixPlan, MixState, stream_seed
-from fastgen_dm.read import keep_stepping, skipped_name
-from fastgen_dm.read.shard_reader import ShardReader
 from fastgen_dm.streams.planned import PlannedStream
 from fastgen_dm.streams.shard_source import SampleSource
-
-logger = logging.getLogger(__name__)
 
 
 class MixedWDSStream(PlannedStream):
@@ -129,11 +124,7 @@ class MixedWDSStream(PlannedStream):
         orders: dict[tuple[int, int], ShardOrder] = {}
         steps = worker_batch_ids(plan.num_steps, num_workers, worker_id)
         wanted = (self._locate(plan, j, orders) for j in steps)
-        reader = ShardReader(src.storage_options, offsets_dir=src.offsets_dir)
-        decoder = src.decoder(self.bad_data_policy(worker_id))
-        try:
-            batches = (decoder.batch(items, epoch) for items in reader.prefetch(src.shards, wanted, self.prefetch_batches))
-            yield from keep_stepping(batches, f"rank {self.rank} worker {worker_id}")
-        finally:
-            reader.close()
-            decoder.policy.write_skipped(self.skipped_index_dir, skipped_name(self.rank, f"worker{worker_id}", epoch))
+        yield from src.read_batches(
+            wanted, policy=self.bad_data_policy(worker_id), epoch=epoch, rank=self.rank, worker_id=worker_id,
+            prefetch_batches=self.prefetch_batches, skipped_index_dir=self.skipped_index_dir,
+        )  # fmt: skip

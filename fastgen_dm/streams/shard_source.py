@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
 
 from fastgen_dm.batch.assemble import BatchDecoder, SampleTransform
 from fastgen_dm.decode.sample import SampleSpec
 from fastgen_dm.index.datatags import Shard
-from fastgen_dm.read import BadDataPolicy
+from fastgen_dm.read import BadDataPolicy, keep_stepping, skipped_name
+from fastgen_dm.read.shard_reader import ShardReader
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,3 +35,32 @@ class SampleSource:
 
     def decoder(self, policy: BadDataPolicy) -> BatchDecoder:
         return BatchDecoder(self.spec, self.constants, policy, self.transform, self.check_finite)
+
+    def read_batches(
+        self,
+        wanted: Iterable[tuple[np.ndarray, np.ndarray]],
+        *,
+        policy: BadDataPolicy,
+        epoch: int,
+        rank: int,
+        worker_id: int,
+        prefetch_batches: int,
+        skipped_index_dir: str | None,
+    ) -> Iterator[dict[str, Any]]:
+        """The batches of ``wanted`` ``(shard ids, samples)``: read ahead, decoded, a lost one stood in for.
+
+        At the end the reader's filtered count is logged and its skipped keys written.
+        """
+        reader = ShardReader(self.storage_options, offsets_dir=self.offsets_dir)
+        decoder = self.decoder(policy)
+        try:
+            batches = (decoder.batch(items, epoch) for items in reader.prefetch(self.shards, wanted, prefetch_batches))
+            yield from keep_stepping(batches, f"rank {rank} worker {worker_id}")
+        finally:
+            reader.close()
+            if decoder.filtered:
+                logger.info(
+                    "rank %d worker %d epoch %d: %d samples filtered out (presets_filter, or a key_map member missing)",
+                    rank, worker_id, epoch, decoder.filtered,
+                )  # fmt: skip
+            policy.write_skipped(skipped_index_dir, skipped_name(rank, f"worker{worker_id}", epoch))

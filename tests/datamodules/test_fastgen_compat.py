@@ -159,7 +159,7 @@ def test_samples_missing_a_key_map_member_are_filtered_as_fastgen_does(tmp_path,
     samples = [{"latent.npy": npy(np.full(2, i, dtype=np.float32)), **({} if i % 2 else {"emb.npy": npy(np.zeros(3, dtype=np.float32))})} for i in range(1200)]
     write_tar(folder / "00000.tar", samples)
     dm = make(folder, tmp_path, cls=WDSDataModule, key_map={"real": "latent.npy", "condition": "emb.npy"}, batch_size=32)
-    with caplog.at_level(logging.INFO, logger="fastgen_dm.streams.shard_epoch"):
+    with caplog.at_level(logging.INFO, logger="fastgen_dm.streams.shard_source"):
         keys = [k for batch in dm.train_dataloader() for k in batch["fname"]]
     assert sorted(keys) == [f"{i:06d}" for i in range(0, 1200, 2)]  # the 600 complete ones, none counted bad
     assert "epoch 0: 600 samples filtered out" in caplog.text
