@@ -9,7 +9,7 @@ second epoch, when its cache is warm. Both run in this process at batch 128 and 
 printed as ratios to the baseline of the same kind (timings differ between machines; ratios
 travel).
 
-    python benchmarks/bench_zip.py [--images 20000] [--epochs 2] [--workers 2]
+    python benchmarks/bench_zip.py [--images 20000] [--epochs 5] [--workers 2]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def rate(loader, epochs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20_000)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--workers", default="2", help="comma-separated worker counts to time besides the defaults")
     parser.add_argument("--workdir", default=None, help="where to write the zip (default: a temporary folder)")
     args = parser.parse_args()

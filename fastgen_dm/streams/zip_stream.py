@@ -85,7 +85,9 @@ class EDMStream(PlannedStream):
     def _load(self, items: np.ndarray, store: np.ndarray | None, policy: BadDataPolicy) -> dict[str, Any] | None:
         raw = self.raw_idx[items]
         if store is not None:
-            arrays = store[np.sort(raw)][np.argsort(np.argsort(raw))]  # sorted reads are sequential in the file
+            order = np.argsort(raw)
+            arrays = np.empty((len(raw), *store.shape[1:]), dtype=store.dtype)
+            arrays[order] = store[raw[order]]  # sorted reads are sequential in the file
             kept = np.ones(len(raw), dtype=bool)
         else:
             arrays = np.empty((len(raw), *self.item_shape), dtype=self.item_dtype)
