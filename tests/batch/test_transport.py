@@ -106,3 +106,18 @@ def test_real_workers_deliver_every_batch_intact(persistent):
         assert len(got) == 40
         for step, batch in enumerate(got):
             assert_same(batch, sample_batch(step))
+
+
+def test_the_pinning_thread_copies_a_ring_batch_out_once(monkeypatch):
+    """What DataLoader's pin_memory thread does with a PackedBatch (a clone stands in for pinning: no CUDA here)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    copies = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args, **kwargs: copies.append(self.numel()) or self.clone())
+    packer = BatchPacker(slots=2)
+    arrived = cross(packer.pack(sample_batch(3)))
+    pinned = pin_memory(arrived)
+    assert isinstance(pinned, PackedBatch) and pinned.ring is None and len(copies) == 1
+    packer.pack(sample_batch(4))
+    packer.pack(sample_batch(5))  # the worker reuses the slot: the pinned copy is the batch's own
+    assert_same(unpack_batch(pinned), sample_batch(3))
