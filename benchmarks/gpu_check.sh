@@ -29,6 +29,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi -L || true
 # the tests that need CUDA (nvJPEG, NVDEC, normalization, a Trainer on the GPU); the rest run in CI
 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda or nvjpeg or nvdec" \
-    tests/decode/test_jpeg.py tests/transform/test_image_transform.py tests/datamodules/test_images.py \
+    tests/decode/test_jpeg.py tests/transform/test_image_transform.py tests/datamodules/test_images.py tests/batch/test_transport.py \
     tests/datamodules/test_videos.py 2>&1 | tee "$results/gpu_tests.log" || true
 python3 benchmarks/bench_gpu.py --json "$results/bench_gpu.json" "$@"

@@ -121,3 +121,13 @@ def test_the_pinning_thread_copies_a_ring_batch_out_once(monkeypatch):
     packer.pack(sample_batch(4))
     packer.pack(sample_batch(5))  # the worker reuses the slot: the pinned copy is the batch's own
     assert_same(unpack_batch(pinned), sample_batch(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pinned memory)")
+def test_cuda_pinned_batches_from_persistent_workers_arrive_intact():
+    loader = DataLoader(Batches(), batch_size=None, num_workers=2, pin_memory=True, persistent_workers=True)
+    for _ in range(2):
+        got = [unpack_batch(packed) for packed in loader]
+        assert all(batch["real"].is_pinned() for batch in got)
+        for step, batch in enumerate(got):
+            assert_same(batch, sample_batch(step))
