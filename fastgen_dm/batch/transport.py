@@ -8,8 +8,8 @@ Here each worker keeps a ring of shared buffers (one more than the batches it ma
 flight). :class:`BatchPacker` copies a batch's tensors into the next buffer; the buffer's
 descriptor crosses only the first time, and later batches name their slot. The receiving side
 copies the bytes out, into pinned memory when pinning (a copy pinning makes anyway), so the
-worker may reuse the slot; a sequence number written after the data proves that it did not do
-so too early. A batch too large to copy cheaply gets a buffer of its own, shared without a copy.
+worker may reuse the slot; a sequence number (cleared before the data is written, set after)
+proves that it did not do so too early. A batch too large to copy cheaply gets a buffer of its own, shared without a copy.
 """
 
 from __future__ import annotations
@@ -146,8 +146,10 @@ class BatchPacker:
         if fresh:
             buffer = self.buffers[slot] = _new_shared(HEADER + size + size // 4)  # headroom for batches that vary in size
         assert buffer is not None
+        sequence = buffer[:8].view(torch.int64)
+        sequence[0] = 0  # "being written", before the data: a reader copying the old batch sees it change
         _write(batch, layout, buffer[HEADER:])
-        buffer[:8].view(torch.int64)[0] = self.sent  # after the data: the reader checks it
+        sequence[0] = self.sent  # after the data: the reader checks it before and after its copy
         return PackedBatch(buffer if fresh else None, layout, (os.getpid(), slot, self.sent, HEADER + size))
 
 
