@@ -169,7 +169,10 @@ class PlannedDataModule(lightning.LightningDataModule):
         trainer = self.trainer
         if trainer is not None and isinstance(trainer.strategy, ModelParallelStrategy):
             # its device mesh is (data_parallel, tensor_parallel): consecutive ranks share the data
-            return int(trainer.strategy.device_mesh["tensor_parallel"].size())
+            try:
+                return int(trainer.strategy.device_mesh["tensor_parallel"].size())
+            except (AssertionError, AttributeError, KeyError, RuntimeError) as err:
+                raise ValueError(f"replicas: the ModelParallelStrategy's device mesh is not set up yet ({err}); pass replicas=<tensor_parallel_size>") from err
         return 1
 
     def make_loader(self, stream: PlannedStream, cursor: Cursor | None) -> PlannedDataLoader:
