@@ -23,12 +23,14 @@ class SampleOrigin(NamedTuple):
 
     ``draw``: in resampled mode, where a sample can be drawn many times, the reader's count of
     samples drawn before this one (so each draw gets its own clip); None in epoch mode.
+    ``bucket``: the bucket (row of the targets) the plan drew the sample for; None without buckets.
     """
 
     url: str
     key: str
     epoch: int
     draw: int | None = None
+    bucket: int | None = None
 
 
 #: A family's per-sample step after decoding: ``(sample, origin) -> sample``; raising = bad data.
@@ -57,6 +59,7 @@ class BatchDecoder:
     ``FIXED_SHAPE_KEYS``, its shape) by majority, so one odd sample among good ones is the one
     counted as bad, whichever comes first; a later sample that differs is bad data too, not a
     batch that fails to collate. ``check_finite`` also counts tensors holding NaN or Inf as bad.
+    With buckets each bucket has its own schema (its own ``real`` shape), fixed by its first batch.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class BatchDecoder:
         self.check_finite = check_finite
         self.filtered = 0
         self.schema: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self._bucket_schemas: dict[int | None, dict[str, tuple[str, tuple[int, ...]]]] = {None: self.schema}
 
     def _fix_schema(self, samples: Sequence[Mapping[str, Any]]) -> None:
         """Each key's most common signature among ``samples`` (FIXED_SHAPE_KEYS by full shape)."""
@@ -98,11 +102,16 @@ class BatchDecoder:
                 described = f"{expected[0]}{list(expected[1])}" if key in FIXED_SHAPE_KEYS else f"{expected[0]} with {len(expected[1])} dimensions"
                 raise ValueError(f"{key!r} is {dtype}{list(shape)}, but the dataset's are {described}")
 
-    def batch(self, items: Sequence[tuple[str, str, Any]], epoch: int, first_draw: int | None = None) -> dict[str, Any] | None:
+    def batch(
+        self, items: Sequence[tuple[str, str, Any]], epoch: int, first_draw: int | None = None, *, bucket: int | None = None
+    ) -> dict[str, Any] | None:
         """``items``: (shard url, key, members or exception); None when every sample was dropped.
 
         ``first_draw``: the draw number of the first item (resampled mode), None in epoch mode.
+        ``bucket``: the plan's bucket of this batch (passed to the transform, and the batch's
+        ``bucket`` entry); None without buckets.
         """
+        self.schema = self._bucket_schemas.setdefault(bucket, {})
         decoded = []
         for k, (url, key, members) in enumerate(items):
             if isinstance(members, Exception):
@@ -112,7 +121,7 @@ class BatchDecoder:
                 sample = self.spec.decode(members)
                 if self.transform is not None:
                     draw = None if first_draw is None else first_draw + k
-                    sample = self.transform(sample, SampleOrigin(url, key, epoch, draw))
+                    sample = self.transform(sample, SampleOrigin(url, key, epoch, draw, bucket))
             except SampleFilteredOut:
                 self.filtered += 1
                 self.policy.ok()
@@ -134,4 +143,9 @@ class BatchDecoder:
             samples.append(sample)
             fnames.append(key)
             shards.append(url)
-        return wds_batch(samples, fnames, shards, self.constants) if samples else None
+        if not samples:
+            return None
+        batch = wds_batch(samples, fnames, shards, self.constants)
+        if bucket is not None:
+            batch["bucket"] = bucket
+        return batch

@@ -12,13 +12,14 @@ from fastgen_dm.index.store import load_index, save_index
 from fastgen_dm.storage import exists, list_shards, open_url, parse_datatag
 
 
-def _index_location(tag: str, threads: int, processes: int | None, storage_options: dict) -> None:
+def _index_location(tag: str, threads: int, processes: int | None, storage_options: dict, sizes_of: str | None) -> None:
     location = parse_datatag(tag)
     files = list_shards(location, storage_options, tag)
     path = f"{location}/{INDEX_NAME}"
     previous = load_index(path, storage_options) if exists(path, storage_options) else None
     shards = index_shards(
-        [f.url for f in files], storage_options, num_threads=threads, previous=previous, partial_ok=True, num_processes=processes
+        [f.url for f in files], storage_options, num_threads=threads, previous=previous, partial_ok=True, num_processes=processes,
+        sizes_of=sizes_of,
     )
     for shard in shards:
         if shard.truncated_at is not None:
@@ -28,7 +29,8 @@ def _index_location(tag: str, threads: int, processes: int | None, storage_optio
     with open_url(f"{location}/shard_counts.json", "wb", storage_options) as f:
         f.write(json.dumps(counts, indent=1).encode())
     reused = sum(1 for s in shards if previous and s.url in previous)
-    print(f"{tag}: {len(shards)} shards, {sum(counts.values())} samples ({reused} shards unchanged) -> {path}, shard_counts.json")
+    sized = f", image sizes of {sizes_of!r}" if sizes_of else ""
+    print(f"{tag}: {len(shards)} shards, {sum(counts.values())} samples{sized} ({reused} shards unchanged) -> {path}, shard_counts.json")
 
 
 def main(argv: list[str]) -> int:
@@ -42,11 +44,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("datatags", nargs="+", metavar="DATATAG", help="'WDS:<folder or URL of .tar shards>'")
     parser.add_argument("--threads", type=int, default=16, help="remote shards read at once (default: 16)")
     parser.add_argument("--processes", type=int, default=None, help="processes parsing local shards (default: one per core)")
+    parser.add_argument(
+        "--sizes", default=None, metavar="SUFFIX",
+        help="also record each sample's image (width, height) from the header of its SUFFIX member (e.g. jpg), what buckets need",
+    )
     parser.add_argument("--storage-options", type=json.loads, default={}, help="fsspec options as JSON (endpoint, credentials)")
     args = parser.parse_args(argv)
     try:
         for tag in args.datatags:
-            _index_location(tag, args.threads, args.processes, args.storage_options)
+            _index_location(tag, args.threads, args.processes, args.storage_options, args.sizes)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"fastgen index: error: {err}\n")
     return 0

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from fastgen_dm.batch.assemble import SampleTransform
 from fastgen_dm.datamodules.webdataset import WDSDataModule
 from fastgen_dm.format.image import IMAGE_EXTENSIONS
+from fastgen_dm.plan.buckets import BUCKET_TAILS, BucketTail, aspect_buckets
 from fastgen_dm.transform.image import ImageTransform, check_input_res, check_norm, normalize_pixels
 from fastgen_dm.viz import unnormalize
 
@@ -68,6 +70,19 @@ class ImageWDSDataModule(WDSDataModule):
             exact path. On a CPU device the main process decodes (libjpeg-turbo), slower than workers.
         key_map: Output key -> member suffix; None: ``{"real": "jpg", "condition": "txt"}``.
             Outputs whose suffix ends in an image extension are images (at least one must be).
+        buckets: Aspect-ratio buckets instead of the square ``input_res``: a list of
+            ``[height, width]`` targets, or ``{"ratios": N, "pixels": P}`` (N aspect ratios in
+            [1/2, 2] at about P pixels, sides multiples of 64; also ``"max_ratio"``, ``"multiple"``).
+            Each sample goes to the nearest aspect ratio (then the largest target not above its
+            size); every global step takes every GPU's batch from one bucket, each image resized
+            to cover its bucket's (H, W) and center-cropped; batches carry ``bucket`` (an int).
+            Needs the first image key's sizes in the index: ``fastgen index --sizes jpg
+            WDS:<location>`` (``prepare_data`` records them for local data it indexes). Example:
+            ``buckets={"ratios": 5, "pixels": 65536}`` -> targets [[384, 192], [320, 192],
+            [256, 256], [192, 320], [192, 384]].
+        bucket_tail: Each bucket's rest of fewer than one global step: ``"drop"`` (default; left
+            out of the epoch), ``"pad"`` (one more step, filled by repeating the bucket's first
+            samples) or ``"carry"`` (drawn first in the next epoch).
         **kwargs: Every other argument of :class:`WDSDataModule`.
     """
 
@@ -88,9 +103,15 @@ class ImageWDSDataModule(WDSDataModule):
         normalize_on_device: bool = True,
         decode_jpeg_on_device: bool = False,
         key_map: dict[str, str] | None = None,
+        buckets: list[list[int]] | dict[str, Any] | None = None,
+        bucket_tail: BucketTail = "drop",
         **kwargs: Any,
     ) -> None:
         check_input_res(input_res, "input_res")
+        if bucket_tail not in BUCKET_TAILS:
+            raise ValueError(f"bucket_tail={bucket_tail!r} is unknown; use one of {BUCKET_TAILS}")
+        if buckets is not None and decode_jpeg_on_device:
+            raise ValueError("buckets resize each image to its bucket in the workers: use decode_jpeg_on_device=False with buckets")
         if decode_jpeg_on_device and (exact_resize or not normalize_on_device):
             raise ValueError(
                 "decode_jpeg_on_device=True resizes on the device and delivers uint8 from the workers: "
@@ -99,9 +120,14 @@ class ImageWDSDataModule(WDSDataModule):
         self.norm_mean, self.norm_std = check_norm(norm_mean, "norm_mean"), check_norm(norm_std, "norm_std")
         self.image_keys = _image_keys(self.default_key_map if key_map is None else key_map)
         self.raw_keys = self.image_keys  # passed to the transform as bytes, decoded there
+        if buckets is not None:  # read by WDSDataModule's setup: the stream's plan
+            self.bucket_targets = bucket_targets(buckets)
+            self.bucket_tail = bucket_tail
+            self.bucket_sizes_of = dict(self.default_key_map if key_map is None else key_map)[self.image_keys[0]]
         self.image_transform = ImageTransform(
             input_res, self.norm_mean, self.norm_std, not normalize_on_device, exact_resize, self.image_keys,
             decode_on_device=decode_jpeg_on_device,
+            bucket_sizes=None if self.bucket_targets is None else tuple((int(h), int(w)) for h, w in self.bucket_targets[:, :2]),
         )  # fmt: skip
         super().__init__(
             datatags=datatags, batch_size=batch_size, key_map=key_map, normalize_on_device=normalize_on_device, **kwargs
@@ -134,6 +160,25 @@ class ImageWDSDataModule(WDSDataModule):
                 if key in batch and batch[key].dtype == torch.uint8:
                     batch[key] = normalize_pixels(batch[key], self.norm_mean, self.norm_std)
         return batch
+
+
+def bucket_targets(buckets: list[list[int]] | dict[str, Any]) -> np.ndarray:
+    """The ``buckets`` argument as int64 (M, 2) rows of (height, width).
+
+    ``[[256, 256], [192, 384]]`` -> those rows; ``{"ratios": 3, "pixels": 65536}`` ->
+    ``aspect_buckets(3, 65536)`` = [[384, 192], [256, 256], [192, 384]].
+    """
+    if isinstance(buckets, Mapping):
+        unknown = set(buckets) - {"ratios", "pixels", "max_ratio", "multiple"}
+        if unknown or not {"ratios", "pixels"} <= set(buckets):
+            raise ValueError(f"buckets={dict(buckets)}: give 'ratios' and 'pixels' (optionally 'max_ratio', 'multiple'), e.g. {{'ratios': 5, 'pixels': 65536}}")
+        return aspect_buckets(
+            int(buckets["ratios"]), int(buckets["pixels"]), max_ratio=float(buckets.get("max_ratio", 2.0)), multiple=int(buckets.get("multiple", 64))
+        )
+    table = np.asarray(buckets, dtype=np.int64)
+    if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] != 2 or (table < 1).any():
+        raise ValueError(f"buckets={buckets!r}: give [[height, width], ...] (each >= 1) or {{'ratios': N, 'pixels': P}}")
+    return table
 
 
 def _image_keys(key_map: Any) -> tuple[str, ...]:

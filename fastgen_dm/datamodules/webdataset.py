@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import posixpath
 from pathlib import Path
 from typing import Any, Collection, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from fastgen_dm.batch import collate_column, drop_rows, load_constants
@@ -27,8 +29,10 @@ from fastgen_dm.read import BadDataPolicy, StandIn, skipped_name
 from fastgen_dm.read.shard_reader import ShardReader
 from fastgen_dm.storage import is_local, list_shards, parse_datatag, check_storage_options, without_redacted
 from fastgen_dm.streams import PlannedStream, ResampledWDSStream, SampleSource, WDSStream
+from fastgen_dm.streams.shard_bucketed import BucketedWDSStream
 from fastgen_dm.streams.shard_mixed import MixedWDSStream
 from fastgen_dm.streams.shard_resampled import NO_END
+from fastgen_dm.plan.buckets import BucketIndex, BucketState, BucketTail, assign_buckets
 from fastgen_dm.plan.mixing import MixPlan, MixState
 
 logger = logging.getLogger(__name__)
@@ -166,6 +170,11 @@ class WDSDataModule(PlannedDataModule):
     default_presets_map: dict[str, str] = {}
     #: ``key_map`` outputs a family decodes itself in :meth:`sample_transform` (given as bytes).
     raw_keys: tuple[str, ...] = ()
+    #: A family with buckets sets these: the (height, width) targets, the tail policy, and the
+    #: member suffix whose image sizes the index records (``fastgen index --sizes``).
+    bucket_targets: np.ndarray | None = None
+    bucket_tail: BucketTail = "drop"
+    bucket_sizes_of: str | None = None
 
     def sample_transform(self) -> SampleTransform | None:
         """A picklable per-sample step after decoding (media families decode and crop here)."""
@@ -239,6 +248,7 @@ class WDSDataModule(PlannedDataModule):
         self.epoch_end = epoch_end
         self.datatags = [tag for stream in self.streams for tag in stream["datatags"]] if self.streams else list(datatags or [])
         self._restored_mix: dict[str, Any] | None = None
+        self._restored_buckets: dict[str, Any] | None = None
         self.val_datatags = list(val_datatags or [])
         self.spec = SampleSpec(
             dict(self.default_key_map if key_map is None else key_map),
@@ -311,6 +321,8 @@ class WDSDataModule(PlannedDataModule):
             )
         if self.prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
+        if self.bucket_targets is not None and (self.streams or self.resampled or self.sampler_start_idx):
+            raise ValueError("buckets plan an exact epoch of one dataset: leave streams, resampled and sampler_start_idx unset with buckets")
         if self.sampler_start_idx < 0:
             raise ValueError(f"sampler_start_idx must be >= 0, got {self.sampler_start_idx}")
         validate_training_tail(self.tail)
@@ -331,7 +343,7 @@ class WDSDataModule(PlannedDataModule):
             location = parse_datatag(tag)
             urls = [f.url for f in list_shards(location, self.storage_options, tag)]
             logger.info("indexing %d shards of %s", len(urls), location)
-            shards = index_shards(urls, self.storage_options, partial_ok=True)
+            shards = index_shards(urls, self.storage_options, partial_ok=True, sizes_of=self.bucket_sizes_of if self.bucket_targets is not None else None)
             for shard in shards:
                 if shard.truncated_at is not None:
                     logger.warning("%s is damaged at byte %d: only its %d samples before that are used", shard.url, shard.truncated_at, shard.count)
@@ -431,6 +443,10 @@ class WDSDataModule(PlannedDataModule):
             self.train_stream = self._mixed_stream(constants)
             if self.cursor is None:
                 self.cursor = Cursor(0, self.sampler_start_idx)
+        elif self.bucket_targets is not None:
+            self.train_stream = self._bucketed_stream(source)
+            if self.cursor is None:
+                self.cursor = Cursor(0, 0)
         else:
             block = self._block(shards)
             stream = WDSStream(
@@ -484,19 +500,47 @@ class WDSDataModule(PlannedDataModule):
             stream.origin = MixPlan(stream.stream_samples, batch_size=self.batch_size, state=saved, **stream.declaration).state  # type: ignore[arg-type]
             stream._epoch_starts.clear()
 
+    def _bucketed_stream(self, source: SampleSource) -> BucketedWDSStream:
+        """Each sample's bucket from the index's image sizes, and the stream over them."""
+        assert self.bucket_targets is not None
+        unsized = [s.url for s in source.shards if s.index is None or s.index.sizes is None]
+        if unsized:
+            raise ValueError(
+                f"buckets need each sample's image size, and the index of {unsized[0]} has none; "
+                f"run `fastgen index --sizes {self.bucket_sizes_of} WDS:{posixpath.dirname(unsized[0])}`"
+            )
+        sizes = np.concatenate([s.index.sizes for s in source.shards if s.index is not None]).astype(np.int64)
+        sizes[(sizes <= 0).any(axis=1)] = 1  # unknown size: the squarest bucket; the reader judges the image
+        assignment = assign_buckets(sizes[:, 0], sizes[:, 1], targets=self.bucket_targets)
+        buckets = BucketIndex(assignment, num_buckets=len(self.bucket_targets), shard_counts=[s.count for s in source.shards])
+        stream = BucketedWDSStream(
+            source, buckets=buckets, tail=self.bucket_tail, shuffle=self.shuffle, block=self._block(source.shards),
+            interleave=DEFAULT_INTERLEAVE if self.interleave is None else self.interleave,
+            prefetch_batches=self.prefetch_batches, skipped_index_dir=self.skipped_index_dir,
+        )  # fmt: skip
+        if stream.num_samples == 0:
+            raise ValueError(f"datatags {self.datatags} hold no samples (after ignore_index_paths)")
+        if self._restored_buckets is not None and self.cursor is not None:
+            stream.restore(self.cursor.position, BucketState.from_state_dict(self._restored_buckets))
+        return stream
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        if state and isinstance(self.train_stream, MixedWDSStream) and self.cursor is not None:
+        if state and isinstance(self.train_stream, (MixedWDSStream, BucketedWDSStream)) and self.cursor is not None:
             stream = self.train_stream
             stream.place(*self.placement())
-            state["mix"] = stream.state_at(self.cursor.epoch, self.cursor.position).state_dict()
+            key = "mix" if isinstance(stream, MixedWDSStream) else "buckets"
+            state[key] = stream.state_at(self.cursor.epoch, self.cursor.position).state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._restored_mix = state_dict.get("mix")
+        self._restored_buckets = state_dict.get("buckets")
         if isinstance(self.train_stream, MixedWDSStream):
             self._resume_mix(self.train_stream)
+        if isinstance(self.train_stream, BucketedWDSStream) and self._restored_buckets is not None and self.cursor is not None:
+            self.train_stream.restore(self.cursor.position, BucketState.from_state_dict(self._restored_buckets))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.decode_on_device:
@@ -548,7 +592,7 @@ class WDSDataModule(PlannedDataModule):
 
     def shards(self) -> tuple[Shard, ...]:
         stream = self.train_stream
-        return stream.source.shards if isinstance(stream, (WDSStream, ResampledWDSStream)) else ()
+        return stream.source.shards if isinstance(stream, (WDSStream, ResampledWDSStream, BucketedWDSStream)) else ()
 
     def samples_per_epoch(self) -> int | None:
         return self.train_stream.num_samples if isinstance(self.train_stream, WDSStream) else None

@@ -18,14 +18,9 @@ import os
 import numpy as np
 import PIL.Image
 
-from fastgen_dm.format.image import IMAGE_FORMATS
+from fastgen_dm.format.image import allowed_formats
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _allowed_formats() -> list[str]:
-    PIL.Image.init()  # registers every plugin once; later calls return at once
-    return [f for f in IMAGE_FORMATS if f in PIL.Image.OPEN]  # WEBP is missing from some Pillow builds
 
 
 def open_image(data: bytes | str | os.PathLike[str], *, name: str | None = None) -> PIL.Image.Image:
@@ -61,7 +56,7 @@ def open_image(data: bytes | str | os.PathLike[str], *, name: str | None = None)
     def source() -> str | io.BytesIO:
         return path if path is not None else io.BytesIO(data)
 
-    formats = _allowed_formats()
+    formats = allowed_formats()
     try:
         if head == _PNG_SIGNATURE:
             try:

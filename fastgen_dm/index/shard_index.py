@@ -122,6 +122,9 @@ class ShardIndex:
         truncated_at: None for a whole shard; for a damaged shard indexed with
             ``partial_ok=True``, the offset where the damage was found (the samples listed are
             the complete ones before it).
+        sizes: None, or int32 of shape (count, 2): each sample's image (width, height), read
+            from its header (``fastgen index --sizes jpg``); (0, 0) where the sample has no such
+            image or its header is unreadable. Buckets need it.
         validate: Check every range (O(count)); a store that checked them when it was written
             passes False so that loading costs O(shards), and only the first and last ranges
             are checked.
@@ -133,6 +136,7 @@ class ShardIndex:
     starts: np.ndarray = field(repr=False)
     ends: np.ndarray = field(repr=False)
     truncated_at: int | None = None
+    sizes: np.ndarray | None = field(default=None, repr=False)
     _: KW_ONLY
     validate: InitVar[bool] = True
 
@@ -141,6 +145,13 @@ class ShardIndex:
         object.__setattr__(self, "ends", _read_only_int64(self.ends))
         if not isinstance(self.keys, KeyList):
             object.__setattr__(self, "keys", KeyList.from_strings(self.keys))
+        if self.sizes is not None:
+            shared = isinstance(self.sizes, np.ndarray) and self.sizes.dtype == np.int32 and not self.sizes.flags.writeable
+            sizes = self.sizes if shared else np.array(self.sizes, dtype=np.int32)
+            if sizes.shape != (len(self.keys), 2):
+                raise ValueError(f"{self.url}: sizes has shape {sizes.shape}, need ({len(self.keys)}, 2): one (width, height) per sample")
+            sizes.setflags(write=False)
+            object.__setattr__(self, "sizes", sizes)
         _validate_ranges(self, everything=validate)
 
     @property
@@ -171,7 +182,8 @@ class ShardIndex:
         if keep.all():
             return self
         kept = KeyList.from_strings(key for key, k in zip(self.keys, keep) if k)
-        return ShardIndex(self.url, self.size, kept, self.starts[keep], self.ends[keep], self.truncated_at)
+        sizes = None if self.sizes is None else self.sizes[keep]
+        return ShardIndex(self.url, self.size, kept, self.starts[keep], self.ends[keep], self.truncated_at, sizes)
 
 
 def _read_only_int64(values: Sequence[int] | np.ndarray) -> np.ndarray:

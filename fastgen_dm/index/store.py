@@ -13,6 +13,8 @@ Layout (``fastgen_index.fgi``)::
       starts     int64 (samples,)   ends  int64 (samples,)
       key_offsets int64 (samples + 1,): key i is keys[key_offsets[i] : key_offsets[i + 1]]
       keys       uint8 (key bytes,): the UTF-8 keys, concatenated
+      sizes      int32 (samples * 2,), optional: each sample's image (width, height), written
+                 when every shard has them (``fastgen index --sizes``); older files lack it
 
 A local file is memory-mapped: loading costs O(shards) (the JSON and ``first``), and a process
 touches only the pages of the shards it reads, pages that every process on the node shares
@@ -62,6 +64,10 @@ def save_index(path: str, shards: Sequence[ShardIndex], storage_options: Mapping
         "key_offsets": (np.int64, samples + 1),
         "keys": (np.uint8, sum(blob.size for blob, _ in compact)),
     }
+    # all or none: a loaded index either knows every sample's size or none
+    with_sizes = bool(shards) and all(shard.sizes is not None for shard in shards)
+    if with_sizes:
+        lengths["sizes"] = (np.int32, 2 * samples)
     meta = [
         {"url": shard.url, "size": shard.size, "count": shard.count, "truncated_at": shard.truncated_at}
         for shard in shards
@@ -83,6 +89,10 @@ def save_index(path: str, shards: Sequence[ShardIndex], storage_options: Mapping
         yield "key_offsets", np.array([key_base], dtype=np.int64)
         for blob, _ in compact:
             yield "keys", blob
+        if with_sizes:
+            for shard in shards:
+                assert shard.sizes is not None
+                yield "sizes", shard.sizes.ravel()
 
     def write(f: BinaryIO) -> None:
         f.write(header)
@@ -170,6 +180,9 @@ def _array(data: np.ndarray, spec: Mapping[str, Any], path: str) -> np.ndarray:
 def _shards(meta: list[dict[str, Any]], arrays: dict[str, np.ndarray], path: str) -> dict[str, ShardIndex]:
     first, key_offsets, keys = arrays["first"], arrays["key_offsets"], arrays["keys"]
     starts, ends = arrays["starts"], arrays["ends"]
+    sizes = arrays["sizes"].reshape(-1, 2) if "sizes" in arrays else None
+    if sizes is not None and sizes.shape[0] != starts.size:
+        raise ValueError(f"{path}: {sizes.shape[0]} image sizes for {starts.size} samples; {_REBUILD}")
     counts = np.array([int(m["count"]) for m in meta], dtype=np.int64)
     if first.shape != (len(meta) + 1,) or not np.array_equal(np.diff(first), counts) or first[-1] != starts.size:
         raise ValueError(f"{path}: the per-shard sample offsets disagree with the shard counts; {_REBUILD}")
@@ -179,7 +192,7 @@ def _shards(meta: list[dict[str, Any]], arrays: dict[str, np.ndarray], path: str
         try:
             out[m["url"]] = ShardIndex(
                 m["url"], int(m["size"]), KeyList(keys, key_offsets[a : b + 1]), starts[a:b], ends[a:b], m["truncated_at"],
-                validate=False,
+                None if sizes is None else sizes[a:b], validate=False,
             )  # fmt: skip
         except ValueError as err:
             raise ValueError(f"{path}: bad entry for shard {m['url']!r}: {err}; {_REBUILD}") from err

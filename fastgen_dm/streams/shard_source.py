@@ -46,15 +46,21 @@ class SampleSource:
         worker_id: int,
         prefetch_batches: int,
         skipped_index_dir: str | None,
+        buckets: Iterable[int] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """The batches of ``wanted`` ``(shard ids, samples)``: read ahead, decoded, a lost one stood in for.
 
+        ``buckets``: the bucket of each batch of ``wanted``, in order (see ``BatchDecoder.batch``).
         At the end the reader's filtered count is logged and its skipped keys written.
         """
         reader = ShardReader(self.storage_options, offsets_dir=self.offsets_dir)
         decoder = self.decoder(policy)
+        groups = iter(buckets) if buckets is not None else None
         try:
-            batches = (decoder.batch(items, epoch) for items in reader.prefetch(self.shards, wanted, prefetch_batches))
+            batches = (
+                decoder.batch(items, epoch, bucket=None if groups is None else next(groups))
+                for items in reader.prefetch(self.shards, wanted, prefetch_batches)
+            )
             yield from keep_stepping(batches, f"rank {rank} worker {worker_id}")
         finally:
             reader.close()

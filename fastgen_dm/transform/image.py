@@ -95,6 +95,17 @@ def resized_size(width: int, height: int, input_res: int) -> tuple[int, int]:
     return int(input_res * width / height), input_res
 
 
+def cover_size(width: int, height: int, out_height: int, out_width: int) -> tuple[int, int]:
+    """(width, height) scaled to cover ``out_height`` x ``out_width``, the other side truncated.
+
+    For a square output it is :func:`resized_size`: ``cover_size(640, 480, 256, 256) == (341, 256)``;
+    for a bucket, ``cover_size(640, 480, 192, 320) == (320, 240)``.
+    """
+    if out_width * height >= out_height * width:  # the width binds
+        return out_width, max(out_height, int(out_width * height / width))
+    return max(out_width, int(out_height * width / height)), out_height
+
+
 def center_crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
     """(left, top) of a centered ``size`` x ``size`` crop, rounded as torchvision's ``CenterCrop``.
 
@@ -209,6 +220,10 @@ class ImageTransform:
             stays within PSNR 40 dB of the exact path (about 50 dB measured on photographs; about
             70 dB without draft).
         keys: Sample keys that hold images (default ``("real",)``).
+        bucket_sizes: With buckets, each bucket's ``(height, width)``: a sample drawn for bucket
+            ``b`` (``origin.bucket``) is resized to cover ``bucket_sizes[b]`` (:func:`cover_size`)
+            and center-cropped to it, instead of the square ``input_res``. Example:
+            ``((256, 256), (192, 384))``: a 640x480 image drawn for bucket 1 becomes [3, 192, 384].
         decode_on_device: Leave JPEGs that the device decodes like the CPU
             (:func:`~fastgen_dm.decode.jpeg.device_decodable`) undecoded: :meth:`image` returns
             bytes in an :class:`~fastgen_dm.decode.encoded.EncodedJPEG` and :meth:`decode_encoded`
@@ -222,6 +237,7 @@ class ImageTransform:
     exact_resize: bool = False
     keys: tuple[str, ...] = ("real",)
     decode_on_device: bool = False
+    bucket_sizes: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
@@ -234,16 +250,23 @@ class ImageTransform:
         set_("keys", keys)
         if self.decode_on_device and (self.normalize or self.exact_resize):
             raise ValueError("decode_on_device=True delivers uint8 from the fast path: it needs normalize=False and exact_resize=False")
+        if self.bucket_sizes is not None:
+            sizes = tuple((check_input_res(int(h), "bucket height"), check_input_res(int(w), "bucket width")) for h, w in self.bucket_sizes)
+            if not sizes or self.decode_on_device:
+                raise ValueError(f"bucket_sizes must list (height, width) targets and needs decode_on_device=False, got {self.bucket_sizes!r}")
+            set_("bucket_sizes", sizes)
 
     def __call__(self, sample: dict[str, Any], origin: Any = None) -> dict[str, Any]:
+        bucket = getattr(origin, "bucket", None)
+        size = None if bucket is None or self.bucket_sizes is None else self.bucket_sizes[bucket]
         out = dict(sample)
         for key in self.keys:
             if key in out:
-                out[key] = self.image(out[key])
+                out[key] = self.image(out[key], size=size)
         return out
 
-    def image(self, data: bytes | PIL.Image.Image) -> torch.Tensor | EncodedJPEG:
-        """One encoded image (or an unloaded PIL image) -> [3, input_res, input_res].
+    def image(self, data: bytes | PIL.Image.Image, *, size: tuple[int, int] | None = None) -> torch.Tensor | EncodedJPEG:
+        """One encoded image (or an unloaded PIL image) -> [3, input_res, input_res], or [3, H, W] for ``size=(H, W)``.
 
         With ``decode_on_device``, a JPEG the device can decode comes back as :class:`EncodedJPEG`.
         """
@@ -251,16 +274,16 @@ class ImageTransform:
         img = open_image(bytes(data)) if encoded else data
         if self.decode_on_device and encoded and device_decodable(img, data):
             return EncodedJPEG(data)
-        res = self.input_res
-        new_w, new_h = resized_size(img.width, img.height, res)
-        left, top = center_crop_offsets(new_w, new_h, res)
+        out_h, out_w = (self.input_res, self.input_res) if size is None else size
+        new_w, new_h = cover_size(img.width, img.height, out_h, out_w)
+        left, top = int(round((new_w - out_w) / 2.0)), int(round((new_h - out_h) / 2.0))  # torchvision's CenterCrop rounding
         if self.exact_resize:
             rgb = to_rgb(img).resize((new_w, new_h), PIL.Image.Resampling.BICUBIC)
-            pixels = _chw(rgb.crop((left, top, left + res, top + res))).contiguous()
+            pixels = _chw(rgb.crop((left, top, left + out_w, top + out_h))).contiguous()
         else:
             drafted = img.draft("RGB", (new_w, new_h))  # a no-op (None) for formats other than JPEG
             pixels = _resize_uint8(_chw(to_rgb(img)), new_w, new_h, None if drafted is None else drafted[1])
-            pixels = pixels[:, top : top + res, left : left + res].contiguous()
+            pixels = pixels[:, top : top + out_h, left : left + out_w].contiguous()
         return normalize_pixels(pixels, self.mean, self.std) if self.normalize else pixels
 
     def decode_encoded(self, values: Sequence[Any], device: torch.device | str) -> list[torch.Tensor | Exception]:
