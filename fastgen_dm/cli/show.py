@@ -27,6 +27,7 @@ from fastgen_dm.cli._datamodule import build_datamodule, fail, family_name, is_p
 DESCRIPTION = "Draw the first batch(es) of the DataModule's training loader as a PNG: images as a labelled grid, videos as frame strips, latents as channel images with a histogram of values."
 EXAMPLES = (
     "fastgen show --config configs/quickstart.yaml --out grid.png",
+    "fastgen show --data ImageWDSDataModule --data.datatags '[\"WDS:shards\"]' --data.buckets '{\"ratios\": 5, \"pixels\": 65536}' --per-bucket --out buckets.png",
     "fastgen show --config configs/image_latent.yaml --out latents.png --max-items 8",
     "fastgen show --config configs/video_wds.yaml --out strips.png --gif clips.gif",
 )
@@ -100,6 +101,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--as", dest="kind", choices=KINDS, default="auto", help="how to draw it (default: auto, by shape and values)")
     parser.add_argument("--columns", type=int, metavar="N", help="grid columns (default: near-square)")
     parser.add_argument("--fps", type=float, default=8.0, help="frames per second of --gif (default: 8)")
+    parser.add_argument("--per-bucket", action="store_true", help="bucketed DataModules: the first batch of every bucket, one picture each, stacked")
     args, rest = parser.parse_known_args(argv)
     for name in ("batches", "max_items", "columns"):
         value = getattr(args, name)
@@ -112,12 +114,22 @@ def main(argv: list[str]) -> int:
         dm.prepare_data()
         dm.setup("fit")
         batches = []
+        by_bucket: dict[int, dict[str, Any]] = {}
         for batch in dm.train_dataloader():
+            if args.per_bucket:
+                if "bucket" not in batch:
+                    fail(parser, f"--per-bucket: {family_name(dm)}'s batches carry no bucket; give it buckets (--data.buckets)")
+                by_bucket.setdefault(batch["bucket"], batch)
+                if len(by_bucket) == len(dm.bucket_targets):  # batches with a bucket: a bucketed family
+                    break
+                continue
             batches.append(dm.on_after_batch_transfer(batch, 0))  # as a Trainer does: normalize_on_device scales here
             if len(batches) == args.batches:
                 break
     except (FileNotFoundError, ValueError) as err:
         fail(parser, str(err))
+    if args.per_bucket:
+        return _show_buckets(parser, dm, by_bucket, args)
     if not batches:
         fail(parser, f"{family_name(dm)}'s training loader yielded no batch")
     batch = _join(batches, args.max_items)
@@ -140,4 +152,22 @@ def main(argv: list[str]) -> int:
     if args.gif:
         frames[0].save(args.gif, save_all=True, append_images=frames[1:], duration=round(1000 / args.fps), loop=0)
         print(f"{len(frames)} frames -> {args.gif}")
+    return 0
+
+
+def _show_buckets(parser: Any, dm: Any, by_bucket: dict[int, dict[str, Any]], args: Any) -> int:
+    """One picture per bucket's first batch, stacked top to bottom in bucket order."""
+    if not by_bucket:
+        fail(parser, f"{family_name(dm)}'s training loader yielded no batch")
+    pictures = []
+    for bucket, batch in sorted(by_bucket.items()):
+        batch = dm.on_after_batch_transfer(batch, 0)
+        x = dm.pixels_in_unit_range(args.key, batch[args.key])[: args.max_items]
+        picture, _ = draw(x, kind_of(x) if args.kind == "auto" else args.kind, labels_of(batch, len(x)), args.columns)
+        pictures.append(picture)
+        print(f"bucket {bucket}: {args.key} {list(x.shape)}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    stacked = viz.stack(pictures)
+    stacked.save(args.out)
+    print(f"{family_name(dm)}: {len(pictures)} buckets, {stacked.width}x{stacked.height} -> {args.out}")
     return 0

@@ -148,3 +148,37 @@ def test_ddp_ranks_share_each_steps_bucket_and_a_resume_on_one_gpu_loses_and_rep
     for line in (tmp_path / "second" / "buckets0.jsonl").read_text().splitlines():
         _, _, bucket, shape = json.loads(line)
         assert shape == [4, 3, *TARGETS[bucket]]
+
+
+def test_carry_moves_each_buckets_rest_into_the_next_epoch(shards, tmp_path):
+    dm = make(shards, tmp_path, bucket_tail="carry", batch_size=7)  # 60, 36 and 24 samples: rests of 4, 1 and 3
+    loader = dm.train_dataloader()
+    epochs = []
+    for _ in range(2):
+        keys = []
+        for batch in loader:
+            dm.cursor.step()
+            keys += batch["fname"]
+        epochs.append(keys)
+    assert len(epochs[0]) == len(set(epochs[0])) and len(epochs[0]) < SAMPLES_PER_SHARD * SHARDS  # the rests wait
+    assert all(len(batch) for batch in epochs)  # and are taken in the next epoch, whole batches only
+
+
+def test_show_draws_one_batch_per_bucket_from_cli_arguments(shards, tmp_path, capsys, monkeypatch):
+    from fastgen_dm.cli.main import main
+
+    monkeypatch.setenv("DATA_ROOT_DIR", str(tmp_path))  # where the DemoDataModule of the last call writes its zip
+    out = tmp_path / "buckets.png"
+    code = main([
+        "show", "--data", "ImageWDSDataModule", "--data.datatags", json.dumps([f"WDS:{shards}"]),
+        "--data.buckets", json.dumps(TARGETS), "--data.batch_size", "4", "--data.num_workers", "0",
+        "--data.index_dir", str(tmp_path / "index"), "--per-bucket", "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "bucket 0: real [4, 3, 32, 32]" in printed and "bucket 1: real [4, 3, 24, 48]" in printed and "bucket 2: real [4, 3, 48, 24]" in printed
+    assert PIL.Image.open(out).size[1] > 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", "--data", "DemoDataModule", "--data.num_workers", "0", "--per-bucket", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "batches carry no bucket" in capsys.readouterr().err
