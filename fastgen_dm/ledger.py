@@ -7,6 +7,7 @@ an earlier one):
     {"url": 0, "shard": "s3://bucket/latents/000012.tar"}          a shard's number, once per file
     {"step": 1041, "epoch": 0, "position": 66624, "samples": [[0, "a/b/000871"], ...]}   shards
     {"step": 1041, "epoch": 0, "position": 66624, "samples": [17, 4032, ...]}            a zip's items
+    {"step": 7, "epoch": 0, "position": 448, "samples": [...], "bucket": 2}            a bucketed batch
 
 ``step`` is the trainer's global step when the batch was taken, ``epoch`` and ``position`` the
 stream's place before it (the plan's coordinates of the batch). A shard line names each sample
@@ -45,7 +46,10 @@ class LedgerWriter:
             samples = batch["idx"].tolist()
         else:
             raise ValueError(f"the ledger names samples by 'shard' and 'fname' or by 'idx'; this batch has {sorted(batch)}")
-        self._file.write(json.dumps({"step": step, "epoch": epoch, "position": position, "samples": samples}) + "\n")
+        record = {"step": step, "epoch": epoch, "position": position, "samples": samples}
+        if "bucket" in batch:
+            record["bucket"] = int(batch["bucket"])
+        self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         if self._file is not None:

@@ -67,3 +67,14 @@ def test_the_tool_explains_a_missing_ledger_or_step(tmp_path, capsys):
     config.write_text("data:\n  class_path: fastgen_dm.DemoDataModule\n")
     assert run("ledger", 3, "--config", config) == 2
     assert "sets no data.ledger_dir" in capsys.readouterr().err
+
+
+def test_a_bucketed_batch_records_its_bucket(tmp_path):
+    from fastgen_dm.ledger import LedgerWriter
+
+    writer = LedgerWriter(tmp_path, rank=1)
+    writer.record(7, 0, 448, {"shard": ["s/000.tar", "s/001.tar"], "fname": ["a", "b"], "bucket": 2})
+    writer.close()
+    lines = [json.loads(line) for line in (tmp_path / "rank1.from7.jsonl").read_text().splitlines()]
+    assert lines[-1] == {"step": 7, "epoch": 0, "position": 448, "samples": [[0, "a"], [1, "b"]], "bucket": 2}
+    assert samples_at(tmp_path, 7) == {1: [("s/000.tar", "a"), ("s/001.tar", "b")]}
