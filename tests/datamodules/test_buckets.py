@@ -182,3 +182,19 @@ def test_show_draws_one_batch_per_bucket_from_cli_arguments(shards, tmp_path, ca
         main(["show", "--data", "DemoDataModule", "--data.num_workers", "0", "--per-bucket", "--out", str(out)])
     assert exit_info.value.code == 2
     assert "batches carry no bucket" in capsys.readouterr().err
+
+
+def test_fastgen_index_sizes_writes_an_index_buckets_read(shards, tmp_path):
+    import shutil
+
+    from fastgen_dm.cli.main import main
+
+    folder = tmp_path / "shards"
+    shutil.copytree(shards, folder)
+    assert main(["index", "--sizes", "jpg", f"WDS:{folder}"]) == 0
+    index = load_index(str(folder / "fastgen_index.fgi"))
+    sizes = np.concatenate([shard.sizes for shard in index.values()])
+    assert sorted(map(tuple, sizes.tolist())) == sorted(SHAPES * (SAMPLES_PER_SHARD * SHARDS // len(SHAPES)))
+    dm = ImageWDSDataModule(datatags=[f"WDS:{folder}"], buckets=TARGETS, batch_size=4, num_workers=0)
+    dm.setup("fit")  # no prepare_data: the location's own index has the sizes
+    assert {batch["bucket"] for batch in dm.train_dataloader()} == {0, 1, 2}
