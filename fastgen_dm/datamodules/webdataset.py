@@ -33,7 +33,7 @@ from fastgen_dm.streams.shard_bucketed import BucketedWDSStream
 from fastgen_dm.streams.shard_mixed import MixedWDSStream
 from fastgen_dm.streams.shard_resampled import NO_END
 from fastgen_dm.plan.buckets import BucketIndex, BucketState, BucketTail, assign_buckets
-from fastgen_dm.plan.mixing import MixPlan, MixState
+from fastgen_dm.plan.mixing import MixState
 
 logger = logging.getLogger(__name__)
 
@@ -490,15 +490,8 @@ class WDSDataModule(PlannedDataModule):
         return stream
 
     def _resume_mix(self, stream: MixedWDSStream) -> None:
-        """A checkpoint's mix state becomes the stream's origin when its weights differ from these."""
-        if self._restored_mix is None:
-            return
-        saved = MixState.from_state_dict(self._restored_mix)
-        fresh = stream._plan(None).state
-        if saved.weights != fresh.weights:
-            logger.info("resuming the mix with weights %s (the checkpoint's were %s): every stream keeps its position", fresh.weights, saved.weights)
-            stream.origin = MixPlan(stream.stream_samples, batch_size=self.batch_size, state=saved, **stream.declaration).state  # type: ignore[arg-type]
-            stream._epoch_starts.clear()
+        if self._restored_mix is not None:
+            stream.restore(MixState.from_state_dict(self._restored_mix))
 
     def _bucketed_stream(self, source: SampleSource) -> BucketedWDSStream:
         """Each sample's bucket from the index's image sizes, and the stream over them."""

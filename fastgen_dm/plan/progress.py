@@ -10,12 +10,14 @@ from typing import Any, Callable, Protocol
 
 
 class EpochPlan(Protocol):
-    """What the cursor needs from a plan (``SamplePlan`` and the shard plan provide it)."""
+    """What the cursor and the loader need from a plan (``SamplePlan``, ``MixPlan`` and the bucket plan provide it)."""
 
     @property
     def num_steps(self) -> int: ...
 
     def position_after(self, steps: int) -> int: ...
+
+    def rank_num_batches(self, rank: int) -> int: ...
 
 
 class Cursor:

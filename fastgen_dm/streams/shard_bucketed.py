@@ -16,12 +16,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from fastgen_dm.plan import ShardOrder, worker_batch_ids
+from fastgen_dm.plan import worker_batch_ids
 from fastgen_dm.plan.buckets import BucketIndex, BucketPlan, BucketState, BucketTail
-from fastgen_dm.plan.mixing import stream_seed
 from fastgen_dm.plan.order import shard_offsets
 from fastgen_dm.streams.planned import PlannedStream
-from fastgen_dm.streams.shard_source import SampleSource
+from fastgen_dm.streams.shard_source import PassOrders, SampleSource
 
 
 @dataclass(frozen=True)
@@ -122,31 +121,25 @@ class BucketedWDSStream(PlannedStream):
             return BucketEpoch(self._plan(state), start, math.ceil((origin - start) / (self.world_size * self.source.batch_size)))
         return BucketEpoch(self._plan(self.state_at(epoch, start)), start)
 
-    def _order(self, bucket: int, epoch_pass: int) -> ShardOrder:
-        return ShardOrder(
-            self.buckets.counts[bucket], seed=stream_seed(self.source.seed, bucket), epoch=epoch_pass, shuffle=self.shuffle,
-            block=self.block, interleave=self.interleave, mix=self.source.batch_size,
-        )  # fmt: skip
+    def _orders(self) -> PassOrders:
+        src = self.source
+        return PassOrders(self.buckets.counts, seed=src.seed, shuffle=self.shuffle, block=self.block, interleave=self.interleave, mix=src.batch_size)
 
-    def _locate(self, plan: BucketPlan, step: int, orders: dict[tuple[int, int], ShardOrder]) -> tuple[np.ndarray, np.ndarray]:
+    def _locate(self, plan: BucketPlan, step: int, orders: PassOrders) -> tuple[np.ndarray, np.ndarray]:
         """(shard ids into ``source.shards``, sample in shard) of this rank's slots at ``step``."""
         batch = plan.batch(self.rank, step)
         shard_ids = np.empty(len(batch.positions), np.int64)
         samples = np.empty(len(batch.positions), np.int64)
         for epoch_pass in set(batch.passes.tolist()):
-            if (batch.bucket, epoch_pass) not in orders:
-                if len(orders) >= 16:
-                    orders.clear()
-                orders[batch.bucket, epoch_pass] = self._order(batch.bucket, epoch_pass)
             chosen = batch.passes == epoch_pass
-            shard, local = orders[batch.bucket, epoch_pass].locate(batch.positions[chosen])
+            shard, local = orders(batch.bucket, epoch_pass).locate(batch.positions[chosen])
             shard_ids[chosen] = shard
             samples[chosen] = self.buckets.samples(batch.bucket, shard, local) - self.first[shard]
         return shard_ids, samples
 
     def iter_batches(self, plan: BucketEpoch, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         bucket_plan = plan.plan
-        orders: dict[tuple[int, int], ShardOrder] = {}
+        orders = self._orders()
         steps = worker_batch_ids(bucket_plan.num_steps, num_workers, worker_id)
         yield from self.source.read_batches(
             (self._locate(bucket_plan, j, orders) for j in steps), policy=self.bad_data_policy(worker_id),

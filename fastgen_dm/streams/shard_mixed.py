@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from fastgen_dm.plan import ShardOrder, worker_batch_ids
-from fastgen_dm.plan.mixing import EpochEnd, MixPlan, MixState, stream_seed
+from fastgen_dm.plan import worker_batch_ids
+from fastgen_dm.plan.mixing import EpochEnd, MixPlan, MixState
 from fastgen_dm.streams.planned import PlannedStream
-from fastgen_dm.streams.shard_source import SampleSource
+from fastgen_dm.streams.shard_source import PassOrders, SampleSource
+
+logger = logging.getLogger(__name__)
 
 
 class MixedWDSStream(PlannedStream):
@@ -59,12 +62,22 @@ class MixedWDSStream(PlannedStream):
         self.declaration = {"weights": weights, "proportions": proportions, "repeat": repeat, "epoch_end": epoch_end, "total_samples": total_samples, "tail": tail}
         self.shuffle, self.block, self.interleave, self.prefetch_batches = shuffle, block, interleave, prefetch_batches
         self.skipped_index_dir = skipped_index_dir
-        self.origin: MixState | None = None  # a resume with other weights starts the mix here
+        self.origin: MixState | None = None  # a resume with other weights starts the mix here (restore)
         self._epoch_starts: dict[tuple[int, int], MixState] = {}
 
     @property
     def num_samples(self) -> int:
         return int(self.stream_samples.sum())
+
+    def restore(self, saved: MixState) -> None:
+        """Resume from a checkpoint's mix state. With the same weights the cursor's position
+        determines everything; with other weights the saved state becomes the origin: every
+        stream keeps its position and the new weights apply from there."""
+        weights = self._plan(None).state.weights
+        if saved.weights != weights:
+            logger.info("resuming the mix with weights %s (the checkpoint's were %s): every stream keeps its position", weights, saved.weights)
+            self.origin = MixPlan(self.stream_samples, batch_size=self.source.batch_size, state=saved, **self.declaration).state  # type: ignore[arg-type]
+            self._epoch_starts.clear()
 
     def _plan(self, state: MixState | None) -> MixPlan:
         return MixPlan(
@@ -97,31 +110,25 @@ class MixedWDSStream(PlannedStream):
     def plan_for(self, epoch: int, start: int) -> MixPlan:
         return self._plan(self.state_at(epoch, start))
 
-    def _order(self, stream: int, epoch_pass: int) -> ShardOrder:
-        return ShardOrder(
-            self.shard_counts[stream], seed=stream_seed(self.source.seed, stream), epoch=epoch_pass, shuffle=self.shuffle,
-            block=self.block, interleave=self.interleave, mix=self.source.batch_size,
-        )  # fmt: skip
+    def _orders(self) -> PassOrders:
+        src = self.source
+        return PassOrders(self.shard_counts, seed=src.seed, shuffle=self.shuffle, block=self.block, interleave=self.interleave, mix=src.batch_size)
 
-    def _locate(self, plan: MixPlan, step: int, orders: dict[tuple[int, int], ShardOrder]) -> tuple[np.ndarray, np.ndarray]:
+    def _locate(self, plan: MixPlan, step: int, orders: PassOrders) -> tuple[np.ndarray, np.ndarray]:
         """(shard ids into ``source.shards``, sample in shard) of this rank's slots at ``step``."""
         batch = plan.batch(self.rank, step)
         shard_ids = np.empty(len(batch.streams), np.int64)
         samples = np.empty(len(batch.streams), np.int64)
         for stream, epoch_pass in set(zip(batch.streams.tolist(), batch.passes.tolist())):
-            if (stream, epoch_pass) not in orders:
-                if len(orders) >= 16:
-                    orders.clear()
-                orders[stream, epoch_pass] = self._order(stream, epoch_pass)
             chosen = (batch.streams == stream) & (batch.passes == epoch_pass)
-            shard, local = orders[stream, epoch_pass].locate(batch.positions[chosen])
+            shard, local = orders(stream, epoch_pass).locate(batch.positions[chosen])
             shard_ids[chosen], samples[chosen] = shard + self.first_shard[stream], local
         return shard_ids, samples
 
     def iter_batches(self, plan: MixPlan, worker_id: int, num_workers: int) -> Iterator[dict[str, Any]]:
         src = self.source
         epoch = plan.state.epoch
-        orders: dict[tuple[int, int], ShardOrder] = {}
+        orders = self._orders()
         steps = worker_batch_ids(plan.num_steps, num_workers, worker_id)
         wanted = (self._locate(plan, j, orders) for j in steps)
         yield from src.read_batches(

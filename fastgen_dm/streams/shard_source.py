@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from fastgen_dm.batch.assemble import BatchDecoder, SampleTransform
 from fastgen_dm.decode.sample import SampleSpec
 from fastgen_dm.index.datatags import Shard
+from fastgen_dm.plan import ShardOrder
+from fastgen_dm.plan.mixing import stream_seed
 from fastgen_dm.read import BadDataPolicy, keep_stepping, skipped_name
 from fastgen_dm.read.shard_reader import ShardReader
 
@@ -70,3 +72,28 @@ class SampleSource:
                     rank, worker_id, epoch, decoder.filtered,
                 )  # fmt: skip
             policy.write_skipped(skipped_index_dir, skipped_name(rank, f"worker{worker_id}", epoch))
+
+
+class PassOrders:
+    """The order of each pass of each of several streams over shards, a few kept at a time.
+
+    Pass ``P`` of stream ``k`` (a mixed dataset, or a bucket) is the :class:`ShardOrder` of the
+    stream's per-shard ``counts[k]`` seeded by ``(stream_seed(seed, k), P)``: a stream that runs
+    out starts its next pass in a new order. A batch touches one or two passes of each stream.
+    """
+
+    def __init__(self, counts: Sequence[np.ndarray] | np.ndarray, *, seed: int, shuffle: bool, block: int, interleave: int, mix: int) -> None:
+        self.counts, self.seed = counts, seed
+        self.shuffle, self.block, self.interleave, self.mix = shuffle, block, interleave, mix
+        self._kept: dict[tuple[int, int], ShardOrder] = {}
+
+    def __call__(self, stream: int, epoch_pass: int) -> ShardOrder:
+        order = self._kept.get((stream, epoch_pass))
+        if order is None:
+            if len(self._kept) >= 16:
+                self._kept.clear()
+            order = self._kept[stream, epoch_pass] = ShardOrder(
+                self.counts[stream], seed=stream_seed(self.seed, stream), epoch=epoch_pass,
+                shuffle=self.shuffle, block=self.block, interleave=self.interleave, mix=self.mix,
+            )  # fmt: skip
+        return order
