@@ -23,6 +23,7 @@ from fastgen_dm.index.datatags import (
     resolve_datatags,
 )
 from fastgen_dm.index.build import index_shards
+from fastgen_dm.index.shard_index import ShardIndex
 from fastgen_dm.index.store import save_index
 from fastgen_dm.plan import Cursor, TailPolicy
 from fastgen_dm.read import BadDataPolicy, StandIn, skipped_name
@@ -502,9 +503,9 @@ class WDSDataModule(PlannedDataModule):
                 f"buckets need each sample's image size, and the index of {unsized[0]} has none; "
                 f"run `fastgen index --sizes {self.bucket_sizes_of} WDS:{posixpath.dirname(unsized[0])}`"
             )
-        sizes = np.concatenate([s.index.sizes for s in source.shards if s.index is not None]).astype(np.int64)
-        sizes[(sizes <= 0).any(axis=1)] = 1  # unknown size: the squarest bucket; the reader judges the image
-        assignment = assign_buckets(sizes[:, 0], sizes[:, 1], targets=self.bucket_targets)
+        dims = [self.bucket_dims(s.index) for s in source.shards if s.index is not None]
+        frames = None if dims[0][2] is None else np.concatenate([d[2] for d in dims])  # type: ignore[misc]
+        assignment = assign_buckets(np.concatenate([d[0] for d in dims]), np.concatenate([d[1] for d in dims]), frames, targets=self.bucket_targets)
         buckets = BucketIndex(assignment, num_buckets=len(self.bucket_targets), shard_counts=[s.count for s in source.shards])
         stream = BucketedWDSStream(
             source, buckets=buckets, tail=self.bucket_tail, shuffle=self.shuffle, block=self._block(source.shards),
@@ -516,6 +517,17 @@ class WDSDataModule(PlannedDataModule):
         if self._restored_buckets is not None and self.cursor is not None:
             stream.restore(self.cursor.position, BucketState.from_state_dict(self._restored_buckets))
         return stream
+
+    def bucket_dims(self, index: ShardIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One shard's per-sample (widths, heights, frames or None) that its samples' buckets follow.
+
+        From the index's image sizes here; an unknown size (0, 0) counts as 1 x 1, the squarest
+        bucket, and the reader judges the image. Families with clips or latents override it.
+        """
+        assert index.sizes is not None
+        sizes = index.sizes.astype(np.int64)
+        sizes[(sizes <= 0).any(axis=1)] = 1
+        return sizes[:, 0], sizes[:, 1], None
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
