@@ -7,6 +7,8 @@ fraction is checked against a ceiling.
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import logging
 import posixpath
@@ -154,7 +156,7 @@ class StandIn(Generic[Batch]):
         return self.last
 
 
-def keep_stepping(batches: Iterable[Batch | None], reader: str) -> Iterator[Batch]:
+def keep_stepping(batches: Iterable[Batch | None], reader: str, groups: Iterable[int] | None = None) -> Iterator[Batch]:
     """Yield one batch for every element of ``batches``, standing in for the lost ones (None).
 
     A reader that loses every sample of a batch must still yield one, or its rank takes fewer
@@ -165,17 +167,30 @@ def keep_stepping(batches: Iterable[Batch | None], reader: str) -> Iterator[Batc
     Args:
         batches: A reader's batches in plan order; None for a batch whose samples were all bad.
         reader: Names the reader in logs and errors, e.g. ``"rank 0 worker 1"``.
+        groups: Each batch's group (its bucket), in order: a lost batch is replaced by the last
+            good one of its own group, so the step keeps its shape; only when its group has
+            none yet, by the last good one of any group (logged).
 
-    Example: ``[None, a, None, b]`` -> ``[a, a, a, b]``.
+    Example: ``[None, a, None, b]`` -> ``[a, a, a, b]``; with groups ``[0, 0, 1, 1]``,
+    ``[a, None, c, None]`` -> ``[a, a, c, c]``.
     """
     stand_in: StandIn[Batch] = StandIn(reader)
+    by_group: dict[int, StandIn[Batch]] = {}
     lost_before_first = 0
-    for j, batch in enumerate(batches):
+    for j, (batch, group) in enumerate(zip(batches, itertools.repeat(None) if groups is None else groups)):
         if batch is None:
-            batch = stand_in.lost(f"batch {j} lost every sample")
+            own = by_group.get(group) if group is not None else None
+            if own is not None and own.last is not None:
+                batch = own.lost(f"batch {j} lost every sample")
+            else:
+                if group is not None and stand_in.last is not None:
+                    logger.warning("%s: batch %d (group %d) lost every sample before any good batch of its group; its stand-in has another shape", reader, j, group)
+                batch = stand_in.lost(f"batch {j} lost every sample")
             if batch is None:
                 lost_before_first += 1
                 continue
+        elif group is not None:
+            by_group.setdefault(group, StandIn(reader)).good(batch)
         for _ in range(lost_before_first):
             logger.warning("%s: a batch before its first good one lost every sample; repeating the first good one", reader)
             yield batch

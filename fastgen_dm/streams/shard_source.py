@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import logging
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -57,13 +59,14 @@ class SampleSource:
         """
         reader = ShardReader(self.storage_options, offsets_dir=self.offsets_dir)
         decoder = self.decoder(policy)
-        groups = iter(buckets) if buckets is not None else None
+        # each batch's bucket is read by the decoder and, a few batches later, by the stand-ins
+        groups, stand_in_groups = itertools.tee(buckets) if buckets is not None else (None, None)
         try:
             batches = (
                 decoder.batch(items, epoch, bucket=None if groups is None else next(groups))
                 for items in reader.prefetch(self.shards, wanted, prefetch_batches)
             )
-            yield from keep_stepping(batches, f"rank {rank} worker {worker_id}")
+            yield from keep_stepping(batches, f"rank {rank} worker {worker_id}", stand_in_groups)
         finally:
             reader.close()
             if decoder.filtered:

@@ -28,3 +28,9 @@ def test_one_batch_for_each_planned_batch(batches):
 def test_a_reader_that_loses_everything_raises_naming_itself():
     with pytest.raises(TooManyBadSamplesError, match=r"^rank 1 worker 0: every sample of its 2 batches was bad or filtered out$"):
         list(keep_stepping([None, None], "rank 1 worker 0"))
+
+
+def test_a_lost_batch_takes_the_stand_in_of_its_own_group_so_the_step_keeps_its_shape():
+    assert list(keep_stepping(["a", None, "c", None, None], "r0", groups=[0, 0, 1, 1, 0])) == ["a", "a", "c", "c", "a"]
+    # a group without a good batch yet: the last of any group (its shape differs; logged)
+    assert list(keep_stepping(["a", None, "c"], "r0", groups=[0, 1, 1])) == ["a", "a", "c"]
