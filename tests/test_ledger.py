@@ -78,3 +78,32 @@ def test_a_bucketed_batch_records_its_bucket(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "rank1.from7.jsonl").read_text().splitlines()]
     assert lines[-1] == {"step": 7, "epoch": 0, "position": 448, "samples": [[0, "a"], [1, "b"]], "bucket": 2}
     assert samples_at(tmp_path, 7) == {1: [("s/000.tar", "a"), ("s/001.tar", "b")]}
+
+
+def test_skip_steps_drops_those_batches_on_resume_and_keeps_every_other_where_it_was(demo_zip, tmp_path):
+    ledger, checkpoints = tmp_path / "ledger", tmp_path / "ckpt"
+    dm = ImageFolderDataModule(demo_zip, batch_size=16, num_workers=0, ledger_dir=str(ledger))
+    fit_probe(dm, tmp_path / "first", devices=1, max_steps=8, enable_checkpointing=True,
+              callbacks=[ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=3, save_top_k=-1)])  # fmt: skip
+    first = probe_records(tmp_path / "first")
+    ckpt = next(p for p in checkpoints.glob("*.ckpt") if "step=3" in p.name)
+    for again in ("second", "third"):  # the third resume reads a ledger in which the second run trained other batches as steps 4, 5
+        resumed = ImageFolderDataModule(demo_zip, batch_size=16, num_workers=0, ledger_dir=str(ledger), skip_steps=[5, 4])
+        fit_probe(resumed, tmp_path / again, devices=1, max_steps=6, ckpt_path=str(ckpt))
+        assert probe_records(tmp_path / again) == [first[3], first[6], first[7]]
+    assert json.loads((ledger / "rank0.from3.jsonl").read_text().splitlines()[0]) == {"skipped": [4, 5]}
+
+
+def test_skip_steps_name_a_ledger_and_steps_it_holds(demo_zip, tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match=r"^skip_steps=\[4\] names steps of the data ledger; pass the ledger_dir it was written to$"):
+        ImageFolderDataModule(demo_zip, batch_size=16, skip_steps=[4])
+    with pytest.raises(ValueError, match=r"^skip_steps must list training steps \(integers >= 0\), got \[-1\]$"):
+        ImageFolderDataModule(demo_zip, batch_size=16, skip_steps=[-1], ledger_dir=str(tmp_path))
+    dm = ImageFolderDataModule(demo_zip, batch_size=16, num_workers=0, skip_steps=[4], ledger_dir=str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="skip_steps: no ledger of rank 0 in"):
+        dm.train_dataloader()
+    fit_probe(ImageFolderDataModule(demo_zip, batch_size=16, num_workers=0, ledger_dir=str(tmp_path / "l")), tmp_path / "r", devices=1, max_steps=2)
+    with pytest.raises(ValueError, match=r"^skip_steps \[9\] are in no ledger file of .*; name steps that run trained"):
+        ImageFolderDataModule(demo_zip, batch_size=16, num_workers=0, skip_steps=[9], ledger_dir=str(tmp_path / "l")).train_dataloader()

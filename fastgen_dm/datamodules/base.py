@@ -21,7 +21,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from fastgen_dm.index.datatags import Shard, load_ignore_index
-from fastgen_dm.ledger import LedgerWriter
+from fastgen_dm.ledger import LedgerWriter, positions_of
 from fastgen_dm.plan import Cursor
 from fastgen_dm.read import new_tally
 from fastgen_dm.storage import redact_storage_options
@@ -82,6 +82,11 @@ class PlannedDataModule(lightning.LightningDataModule):
         ledger_dir: Folder of the data ledger: each rank appends, per training batch, the step,
             the stream's position and the samples it trained on (``fastgen ledger STEP`` names
             them). None: no ledger.
+        skip_steps: Training steps of an earlier run (as its ledger numbers them) whose batches
+            are never trained again: on a resume, those batches are read and dropped, and every
+            other batch is where the plan had it (an ignore index instead changes the order).
+            Needs ``ledger_dir``, and the world size and batch size the ledger was written with:
+            elsewhere the steps begin at other positions and match none.
         normalize_on_device: Deliver pixels as uint8 and scale them to [-1, 1] after the
             transfer to the device (4x less host-to-device traffic, same values). Outside a
             Trainer, call :meth:`on_after_batch_transfer` yourself to get the scaled batch.
@@ -104,6 +109,7 @@ class PlannedDataModule(lightning.LightningDataModule):
         multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
         replicas: int | None = None,
         ledger_dir: str | None = None,
+        skip_steps: list[int] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -120,7 +126,13 @@ class PlannedDataModule(lightning.LightningDataModule):
         if replicas is not None and replicas < 1:
             raise ValueError(f"replicas must be at least 1 or None (from the strategy), got {replicas}")
         self.replicas = replicas
+        if skip_steps and ledger_dir is None:
+            raise ValueError(f"skip_steps={list(skip_steps)} names steps of the data ledger; pass the ledger_dir it was written to")
+        if skip_steps and not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in skip_steps):
+            raise ValueError(f"skip_steps must list training steps (integers >= 0), got {skip_steps!r}")
         self.ledger_dir = ledger_dir
+        self.skip_steps = sorted(set(skip_steps or ()))
+        self._skipped_positions: dict[int, frozenset[int]] | None = None
         self._ledger: LedgerWriter | None = None
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
@@ -200,7 +212,27 @@ class PlannedDataModule(lightning.LightningDataModule):
         )
         if cursor is not None:
             self._align_fit_progress(loader)
+            loader.on_iter = self._follow_epoch_length
         return loader
+
+    def _follow_epoch_length(self, loader: PlannedDataLoader) -> None:
+        """Tell Lightning the length of the epoch this iteration begins.
+
+        Lightning takes the training loader's length once, when it first makes it; an epoch can
+        be longer or shorter than the first (a bucket tail carried over, a resume with new mix
+        weights), and Lightning would end it at the first one's length. ``limit_train_batches``
+        applies to each epoch's own length, as Lightning applies it to the first.
+        """
+        trainer = self.trainer
+        combined = None if trainer is None else trainer.fit_loop._combined_loader
+        if trainer is None or combined is None or loader.dataset.endless or loader not in combined.flattened:
+            return
+        length = len(loader)
+        limit = trainer.limit_train_batches
+        batches = min(length, limit) if isinstance(limit, int) else int(length * limit) if length else 0
+        if combined.limits is not None:  # in place: the iterator being made holds this list
+            combined.limits[combined.flattened.index(loader)] = batches
+        trainer.fit_loop.max_batches = batches
 
     def _align_fit_progress(self, loader: PlannedDataLoader) -> None:
         """Re-express Lightning's count of the resumed epoch's batches on this world size.
@@ -249,7 +281,13 @@ class PlannedDataModule(lightning.LightningDataModule):
         return stream
 
     def train_dataloader(self) -> PlannedDataLoader:
-        return self.make_loader(self._set_up("fit"), self.cursor)
+        stream = self._set_up("fit")
+        if self.skip_steps and self.cursor is not None:
+            if self._skipped_positions is None:
+                assert self.ledger_dir is not None
+                self._skipped_positions = positions_of(self.ledger_dir, self.skip_steps)
+            self.cursor.skipped = self._skipped_positions
+        return self.make_loader(stream, self.cursor)
 
     def val_dataloader(self) -> Any:
         self._set_up("validate")
@@ -324,7 +362,7 @@ class PlannedDataModule(lightning.LightningDataModule):
         if trainer is not None and trainer.training and self.cursor is not None:
             if self.ledger_dir is not None:
                 if self._ledger is None:
-                    self._ledger = LedgerWriter(self.ledger_dir, trainer.global_rank)
+                    self._ledger = LedgerWriter(self.ledger_dir, trainer.global_rank, self.skip_steps)
                 self._ledger.record(trainer.global_step, self.cursor.epoch, self.cursor.position, batch)
             self.cursor.step()  # the training loop consumes this batch now (prefetches are not counted)
         if self.normalize_on_device:

@@ -77,6 +77,9 @@ class ImageFolderDataModule(PlannedDataModule):
             tensor-parallel size of a ``ModelParallelStrategy``, else 1.
         ledger_dir: Folder where each GPU logs the samples of every training step (``fastgen
             ledger STEP --dir DIR`` names them); None: no ledger.
+        skip_steps: Steps of an earlier run, as its ledger numbers them, never trained again:
+            on a resume their batches are dropped and every other batch stays where the plan
+            had it. Needs ``ledger_dir`` and the ledger's world size and batch size.
         normalize_on_device: Deliver uint8 pixels and scale them on the GPU after the transfer.
         tail: The epoch's last step when it does not fill every GPU: "pad" repeats a few samples
             from the start of the epoch (fewer than the number of GPUs) so every GPU gets a
@@ -135,6 +138,7 @@ class ImageFolderDataModule(PlannedDataModule):
         multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
         replicas: int | None = None,
         ledger_dir: str | None = None,
+        skip_steps: list[int] | None = None,
         normalize_on_device: bool = False,
         tail: TrainingTail = "pad",
         max_skip_fraction: float = 0.01,
@@ -158,7 +162,7 @@ class ImageFolderDataModule(PlannedDataModule):
         super().__init__(
             batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device,
             persistent_workers=persistent_workers, prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
-            replicas=replicas, ledger_dir=ledger_dir,
+            replicas=replicas, ledger_dir=ledger_dir, skip_steps=skip_steps,
         )  # fmt: skip
         self.save_hyperparameters()
         self.cache_build_workers = build_workers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import posixpath
 from pathlib import Path
@@ -160,6 +161,9 @@ class WDSDataModule(PlannedDataModule):
             tensor-parallel size of a ``ModelParallelStrategy``, else 1.
         ledger_dir: Folder where each GPU logs the samples of every training step (``fastgen
             ledger STEP --dir DIR`` names them); None: no ledger.
+        skip_steps: Steps of an earlier run, as its ledger numbers them, never trained again:
+            on a resume their batches are dropped and every other batch stays where the plan
+            had it. Needs ``ledger_dir`` and the ledger's world size and batch size.
         normalize_on_device: Deliver uint8 pixels and scale them on the GPU (media families).
         storage_options: fsspec options (endpoint, credentials) for remote locations. Credentials
             are never written: checkpoints and configs hold ``"<redacted>"``, which a run started
@@ -233,6 +237,7 @@ class WDSDataModule(PlannedDataModule):
         multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None,
         replicas: int | None = None,
         ledger_dir: str | None = None,
+        skip_steps: list[int] | None = None,
         normalize_on_device: bool = False,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -240,7 +245,7 @@ class WDSDataModule(PlannedDataModule):
         super().__init__(
             batch_size, seed, shuffle, num_workers, pin_memory, normalize_on_device,
             persistent_workers=persistent_workers, prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
-            replicas=replicas, ledger_dir=ledger_dir,
+            replicas=replicas, ledger_dir=ledger_dir, skip_steps=skip_steps,
         )  # fmt: skip
         self.save_hyperparameters()
         if streams and datatags:
@@ -349,6 +354,8 @@ class WDSDataModule(PlannedDataModule):
                 if shard.truncated_at is not None:
                     logger.warning("%s is damaged at byte %d: only its %d samples before that are used", shard.url, shard.truncated_at, shard.count)
             save_index(local_index_path(self.index_dir, location), shards, self.storage_options)
+        if self.bucket_targets is not None:
+            self.bucket_index(self._resolve(self.datatags, need_counts=True, num_shards=self._num_shards()))
 
     def _num_shards(self) -> int | None:
         """``num_shards``, or ``shards_per_worker`` times every worker of every GPU."""
@@ -495,18 +502,8 @@ class WDSDataModule(PlannedDataModule):
             stream.restore(MixState.from_state_dict(self._restored_mix))
 
     def _bucketed_stream(self, source: SampleSource) -> BucketedWDSStream:
-        """Each sample's bucket from the index's image sizes, and the stream over them."""
-        assert self.bucket_targets is not None
-        unsized = [s.url for s in source.shards if s.index is None or s.index.sizes is None]
-        if unsized:
-            raise ValueError(
-                f"buckets need each sample's image size, and the index of {unsized[0]} has none; "
-                f"run `fastgen index --sizes {self.bucket_sizes_of} WDS:{posixpath.dirname(unsized[0])}`"
-            )
-        dims = [self.bucket_dims(s.index) for s in source.shards if s.index is not None]
-        frames = None if dims[0][2] is None else np.concatenate([d[2] for d in dims])  # type: ignore[misc]
-        assignment = assign_buckets(np.concatenate([d[0] for d in dims]), np.concatenate([d[1] for d in dims]), frames, targets=self.bucket_targets)
-        buckets = BucketIndex(assignment, num_buckets=len(self.bucket_targets), shard_counts=[s.count for s in source.shards])
+        """The stream over each bucket's samples (:meth:`bucket_index`)."""
+        buckets = self.bucket_index(source.shards)
         stream = BucketedWDSStream(
             source, buckets=buckets, tail=self.bucket_tail, shuffle=self.shuffle, block=self._block(source.shards),
             interleave=DEFAULT_INTERLEAVE if self.interleave is None else self.interleave,
@@ -517,6 +514,44 @@ class WDSDataModule(PlannedDataModule):
         if self._restored_buckets is not None and self.cursor is not None:
             stream.restore(self.cursor.position, BucketState.from_state_dict(self._restored_buckets))
         return stream
+
+    def bucket_index(self, shards: Sequence[Shard]) -> BucketIndex:
+        """Each sample's bucket: the node's copy in ``index_dir`` (memory-mapped), else assigned now and kept there.
+
+        Built once per node, by ``prepare_data``, from the index's sizes (:meth:`bucket_dims`),
+        one shard at a time: about 1 byte a sample on disk and O(buckets x shards) in each process.
+        The folder's name is a digest of the targets, of what :meth:`bucket_dims` depends on and
+        of every shard's URL, size, count and ignored keys, so another dataset or scheme never
+        takes it for its own.
+        """
+        assert self.bucket_targets is not None
+        digest = hashlib.sha1(np.ascontiguousarray(self.bucket_targets, dtype="<i8").tobytes())
+        digest.update(f"{self.bucket_dims_key()}\0".encode())
+        for shard in shards:
+            digest.update(f"{shard.url}\0{shard.size}\0{shard.count}\0{sorted(shard.ignored)}\0".encode())
+        folder = Path(self.index_dir) / f"buckets-{digest.hexdigest()[:16]}"
+        counts = [shard.count for shard in shards]
+        num_buckets = len(self.bucket_targets)
+        try:
+            return BucketIndex.open(folder, num_buckets=num_buckets, shard_counts=counts)
+        except FileNotFoundError:
+            pass
+        unsized = [s.url for s in shards if s.index is None or s.index.sizes is None]
+        if unsized:
+            raise ValueError(
+                f"buckets need each sample's size, and the index of {unsized[0]} has none; "
+                f"run `fastgen index --sizes {self.bucket_sizes_of} WDS:{posixpath.dirname(unsized[0])}`"
+            )
+        from tqdm.auto import tqdm
+
+        logger.info("assigning %d samples of %d shards to %d buckets, once per node (%s)", sum(counts), len(shards), num_buckets, folder)
+        bar = tqdm(shards, unit="shard", desc="assign buckets", disable=len(shards) < 1000)
+        assignments = (assign_buckets(*self.bucket_dims(s.index), targets=self.bucket_targets) for s in bar if s.index is not None)
+        return BucketIndex.build(folder, assignments, num_buckets=num_buckets, shard_counts=counts)
+
+    def bucket_dims_key(self) -> str:
+        """What :meth:`bucket_dims` depends on besides the index (part of the bucket index's name)."""
+        return f"{type(self).__qualname__}:{self.bucket_sizes_of}"
 
     def bucket_dims(self, index: ShardIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One shard's per-sample (widths, heights, frames or None) that its samples' buckets follow.

@@ -7,13 +7,14 @@ where the DataModule's :class:`~fastgen_dm.plan.Cursor` stands.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fastgen_dm.batch.transport import BatchPacker, PackedBatch, unpack_batch
 from fastgen_dm.plan import Cursor, EpochPlan
+from fastgen_dm.plan.progress import steps_starting_at
 from fastgen_dm.read import BadDataPolicy
 
 
@@ -90,6 +91,8 @@ class PlannedDataLoader(DataLoader):
     def __init__(self, stream: PlannedStream, cursor: Cursor | None = None, **kwargs: Any) -> None:
         super().__init__(stream, batch_size=None, **kwargs)
         self.cursor = cursor
+        #: called with the loader as each iteration begins (the DataModule tells Lightning the epoch's length)
+        self.on_iter: Callable[[PlannedDataLoader], None] | None = None
 
     def _epoch(self) -> tuple[int, int]:
         """(epoch, position) the next iteration begins at: the cursor's, or the next epoch once it is done."""
@@ -98,22 +101,32 @@ class PlannedDataLoader(DataLoader):
             return epoch + 1, 0
         return epoch, position
 
-    def __len__(self) -> int:
+    def _batches(self, epoch: int, start: int) -> int:
+        """This rank's batches from ``start`` of ``epoch`` to its end, the skipped steps left out."""
         stream = self.dataset
-        if stream.endless:
+        plan = stream.plan_for(epoch, start)
+        batches = plan.rank_num_batches(stream.rank)
+        skipped = {} if self.cursor is None else self.cursor.skipped
+        return batches - sum(1 for step in steps_starting_at(plan, skipped.get(epoch, ())) if step < batches)
+
+    def __len__(self) -> int:
+        if self.dataset.endless:
             raise TypeError("an endless stream has no length; declare one (resampled mode: epoch_samples)")
-        return stream.plan_for(self._epoch()[0], 0).rank_num_batches(stream.rank)
+        return self._batches(self._epoch()[0], 0)
 
     def remaining(self) -> int:
         """Batches the next iteration yields: the rest of the cursor's epoch."""
-        stream = self.dataset
-        return stream.plan_for(*self._epoch()).rank_num_batches(stream.rank)
+        return self._batches(*self._epoch())
 
     def __iter__(self):  # type: ignore[override]
+        skipped: frozenset[int] = frozenset()
         if self.cursor is not None:
             self.cursor.begin(self.dataset.plan_for)
-            self.dataset.set_position(self.cursor.epoch, self.cursor.position)
-        return _unpacked(super().__iter__())
+            self.dataset.set_position(*self.cursor.begun)
+            skipped = self.cursor.skipped_steps
+        if self.on_iter is not None:
+            self.on_iter(self)
+        return _unpacked(super().__iter__(), skipped)
 
     def state_dict(self) -> dict[str, int]:
         return {} if self.cursor is None else self.cursor.state_dict()
@@ -123,6 +136,8 @@ class PlannedDataLoader(DataLoader):
             self.cursor.load_state_dict(state_dict)
 
 
-def _unpacked(batches: Iterator[Any]) -> Iterator[Any]:
-    for batch in batches:
-        yield unpack_batch(batch) if isinstance(batch, PackedBatch) else batch
+def _unpacked(batches: Iterator[Any], skipped: frozenset[int]) -> Iterator[Any]:
+    """The loader's batches, those of ``skipped`` steps left out (read, never trained)."""
+    for step, batch in enumerate(batches):
+        if step not in skipped:
+            yield unpack_batch(batch) if isinstance(batch, PackedBatch) else batch

@@ -52,8 +52,8 @@ def expected_bucket(key):
 
 def make(root, tmp_path, **kwargs):
     dm = ImageWDSDataModule(
-        datatags=[f"WDS:{root}"], input_res=32, buckets=TARGETS, index_dir=str(tmp_path / "index"),
-        **{"num_workers": 0, "batch_size": 4, **kwargs},
+        datatags=[f"WDS:{root}"], input_res=32, index_dir=str(tmp_path / "index"),
+        **{"num_workers": 0, "batch_size": 4, "buckets": TARGETS, **kwargs},
     )  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
@@ -107,7 +107,7 @@ def test_missing_sizes_are_one_line_naming_the_fix(shards, tmp_path):
     dm = ImageWDSDataModule(datatags=[f"WDS:{shards}"], batch_size=4, input_res=32, index_dir=str(tmp_path / "index"), num_workers=0)
     dm.prepare_data()  # indexes without sizes: no buckets asked for
     with_buckets = ImageWDSDataModule(datatags=[f"WDS:{shards}"], batch_size=4, buckets=TARGETS, index_dir=str(tmp_path / "index"), num_workers=0)
-    with pytest.raises(ValueError, match=r"^buckets need each sample's image size.*run `fastgen index --sizes jpg WDS:") as err:
+    with pytest.raises(ValueError, match=r"^buckets need each sample's size.*run `fastgen index --sizes jpg WDS:") as err:
         with_buckets.setup("fit")
     assert "\n" not in str(err.value)
 
@@ -198,3 +198,29 @@ def test_fastgen_index_sizes_writes_an_index_buckets_read(shards, tmp_path):
     dm = ImageWDSDataModule(datatags=[f"WDS:{folder}"], buckets=TARGETS, batch_size=4, num_workers=0)
     dm.setup("fit")  # no prepare_data: the location's own index has the sizes
     assert {batch["bucket"] for batch in dm.train_dataloader()} == {0, 1, 2}
+
+
+def test_the_bucket_index_is_built_once_per_node_and_another_scheme_gets_its_own(shards, tmp_path, monkeypatch):
+    first = make(shards, tmp_path)
+    folders = sorted((tmp_path / "index").glob("buckets-*"))
+    assert len(folders) == 1 and (folders[0] / "assignment.npy").stat().st_size < 200 + SHARDS * SAMPLES_PER_SHARD  # a byte a sample
+
+    def no_assigning(*args, **kwargs):
+        raise AssertionError("the node's bucket index was assigned again")
+
+    monkeypatch.setattr("fastgen_dm.datamodules.webdataset.assign_buckets", no_assigning)
+    again = make(shards, tmp_path)
+    assert [b["fname"] for b in again.train_dataloader()] == [b["fname"] for b in first.train_dataloader()]
+    monkeypatch.undo()
+    make(shards, tmp_path, buckets=TARGETS[:2])
+    assert len(list((tmp_path / "index").glob("buckets-*"))) == 2
+
+
+def test_lightning_follows_each_epochs_own_length_when_carried_rests_change_it(shards, tmp_path):
+    dm = make(shards, tmp_path, bucket_tail="carry", batch_size=7)  # 16 steps, then 17 with the rests carried in
+    lengths = [dm.train_stream.plan_for(0, 0).num_steps]
+    lengths.append(dm.train_stream.plan_for(1, 0).num_steps)
+    assert lengths == [16, 17]
+    fit_probe(dm, tmp_path / "records", devices=1)
+    records = [json.loads(line) for line in (tmp_path / "records" / "rank0.jsonl").read_text().splitlines()]
+    assert [sum(r["epoch"] == e for r in records) for e in (0, 1)] == lengths

@@ -1,6 +1,7 @@
 """Buckets: nearest-target assignment, and steps whose every rank draws from one bucket, exactly once."""
 
 import math
+import pickle
 import re
 
 import numpy as np
@@ -39,6 +40,15 @@ def test_assignment_is_the_documented_nearest_target(targets, sizes, video):
     w, h, f = (np.array(column) for column in zip(*sizes))
     got = assign_buckets(w, h, f if video else None, targets=table)
     assert got.tolist() == [nearest(int(a), int(b), int(c) if video else None, table) for a, b, c in zip(w, h, f)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.tuples(st.integers(1, 3000), st.integers(1, 3000), st.integers(0, 300)), min_size=1, max_size=8), seed=st.integers(0, 2**31), video=st.booleans())
+def test_a_shard_of_repeated_sizes_is_assigned_as_one_sample_at_a_time(sizes, seed, video):
+    targets = aspect_buckets(5, 256 * 256, frames=[8, 16] if video else None)
+    w, h, f = (np.array(c)[np.random.default_rng(seed).integers(0, len(sizes), 500)] for c in zip(*sizes))  # the distinct-size path
+    got = assign_buckets(w, h, f if video else None, targets=targets)
+    assert got.tolist() == [nearest(int(a), int(b), int(c) if video else None, targets.tolist()) for a, b, c in zip(w, h, f)]
 
 
 def test_generated_targets_are_multiples_at_about_the_pixels_asked():
@@ -148,6 +158,37 @@ def test_buckets_over_sharded_orders_give_every_sample_once(assignment, shards, 
             assert (assignment[samples] == b.bucket).all()
             ids += samples[~b.padded].tolist()
     assert sorted(ids) == list(range(assignment.size))
+
+
+@settings(max_examples=40, deadline=None)
+@given(assignment=st.lists(st.integers(0, 299), min_size=1, max_size=400), shards=st.integers(1, 9), seed=st.integers(0, 2**31))
+def test_a_built_index_is_mapped_from_its_files_and_groups_like_a_sort(tmp_path_factory, assignment, shards, seed):
+    assignment = np.asarray(assignment)
+    counts = np.diff(np.concatenate([[0], np.sort(np.random.default_rng(seed).integers(0, assignment.size + 1, size=shards - 1)), [assignment.size]]))
+    first = np.concatenate([[0], np.cumsum(counts)])
+    folder = tmp_path_factory.mktemp("buckets") / "index"
+    built = BucketIndex.build(folder, (assignment[a:b] for a, b in zip(first[:-1], first[1:])), num_buckets=300, shard_counts=counts)
+    assert built.assignment.dtype == np.uint16 and isinstance(built.assignment, np.memmap)
+    opened = BucketIndex.open(folder, num_buckets=300, shard_counts=counts)
+    opened.KEPT_SHARDS = 2  # evictions on the way: a regrouped shard gives the same ids
+    for index in (built, opened, pickle.loads(pickle.dumps(opened))):
+        assert np.array_equal(index.bucket_counts, np.bincount(assignment, minlength=300))
+        for bucket in np.unique(assignment).tolist():
+            members = np.flatnonzero(assignment == bucket)  # file order
+            shard = np.searchsorted(first, members, side="right") - 1
+            local = np.concatenate([np.arange(c) for c in index.counts[bucket] if c])
+            assert index.samples(bucket, shard, local).tolist() == members.tolist()
+
+
+def test_a_spawned_worker_maps_the_file_again_instead_of_receiving_every_samples_bucket(tmp_path):
+    assignment = np.zeros(1_000_000, np.uint8)
+    index = BucketIndex.build(tmp_path / "b", [assignment], num_buckets=3, shard_counts=[assignment.size])
+    assert len(pickle.dumps(index)) < 10_000
+    assert len(pickle.dumps(BucketIndex(assignment, num_buckets=3))) > assignment.size  # in memory: carried whole
+    with pytest.raises(FileNotFoundError, match="holds no bucket index"):
+        BucketIndex.open(tmp_path / "missing", num_buckets=3, shard_counts=[1])
+    with pytest.raises(ValueError, match="other buckets or shards; remove the folder to rebuild it$"):
+        BucketIndex.open(tmp_path / "b", num_buckets=3, shard_counts=[10, 999_990])
 
 
 def test_tail_shares_on_a_skewed_distribution():

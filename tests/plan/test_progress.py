@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgen_dm.plan import Cursor, SamplePlan
+from fastgen_dm.plan.progress import steps_starting_at
 
 
 def make(n, batch, world, tail="pad"):
@@ -47,3 +48,20 @@ def test_a_restored_cursor_continues_on_another_world_size(n, batch, world, new_
 def test_an_epoch_completed_before_the_checkpoint_starts_the_next():
     cursor = Cursor(epoch=3, position=10)
     assert cursor.begin(make(10, 2, 2)).epoch == 4
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 400), batch=st.integers(1, 8), world=st.integers(1, 8), data=st.data())
+def test_skipped_steps_are_passed_over_and_every_checkpoint_between_resumes_past_them(n, batch, world, data):
+    plan = make(n, batch, world, tail="uneven")(0, 0)
+    positions = [plan.position_after(k) for k in range(plan.num_steps)]
+    skipped = set(data.draw(st.lists(st.sampled_from(range(plan.num_steps)), max_size=plan.num_steps)))
+    assert steps_starting_at(plan, {positions[k] for k in skipped} | {positions[-1] + 1}) == skipped  # a non-boundary matches nothing
+    cursor = Cursor()
+    cursor.skipped = {0: {positions[k] for k in skipped}}
+    cursor.begin(make(n, batch, world, tail="uneven"))
+    trained = []
+    while cursor.epoch == 0:  # the position before each consumed batch is the next kept step's
+        trained.append(positions.index(cursor.position))
+        cursor.step()
+    assert trained == [k for k in range(plan.num_steps) if k not in skipped]
