@@ -107,3 +107,18 @@ def test_skip_steps_name_a_ledger_and_steps_it_holds(demo_zip, tmp_path):
     fit_probe(ImageFolderDataModule(demo_zip, batch_size=16, num_workers=0, ledger_dir=str(tmp_path / "l")), tmp_path / "r", devices=1, max_steps=2)
     with pytest.raises(ValueError, match=r"^skip_steps \[9\] are in no ledger file of .*; name steps that run trained"):
         ImageFolderDataModule(demo_zip, batch_size=16, num_workers=0, skip_steps=[9], ledger_dir=str(tmp_path / "l")).train_dataloader()
+
+
+def test_two_gpus_skip_the_same_steps_and_train_the_rest_as_planned(latent_shards, tmp_path):
+    ledger, checkpoints = tmp_path / "ledger", tmp_path / "ckpt"
+
+    def make(**kwargs):
+        return ImageLatentDataModule(datatags=[f"WDS:{latent_shards}"], batch_size=8, num_workers=2, index_dir=str(tmp_path / "index"), ledger_dir=str(ledger), **kwargs)
+
+    fit_probe(make(), tmp_path / "first", devices=2, max_steps=6, enable_checkpointing=True,
+              callbacks=[ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=2, save_top_k=-1)])  # fmt: skip
+    ckpt = next(p for p in checkpoints.glob("*.ckpt") if "step=2" in p.name)
+    fit_probe(make(skip_steps=[3]), tmp_path / "second", devices=2, max_steps=5, ckpt_path=str(ckpt))
+    for rank in (0, 1):
+        first, second = probe_records(tmp_path / "first", rank), probe_records(tmp_path / "second", rank)
+        assert second == [first[2], first[4], first[5]]
