@@ -69,8 +69,10 @@ class BatchDecoder:
         policy: BadDataPolicy,
         transform: SampleTransform | None = None,
         check_finite: bool = False,
+        specs_by_url: Mapping[str, SampleSpec] | None = None,
     ) -> None:
         self.spec, self.constants, self.policy, self.transform = spec, constants, policy, transform
+        self.specs_by_url = specs_by_url or {}  # a mixed stream's own key_map, per shard
         self.check_finite = check_finite
         self.filtered = 0
         self.schema: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -118,7 +120,7 @@ class BatchDecoder:
                 self.policy.skip(url, key, members)
                 continue
             try:
-                sample = self.spec.decode(members)
+                sample = self.specs_by_url.get(url, self.spec).decode(members)
                 if self.transform is not None:
                     draw = None if first_draw is None else first_draw + k
                     sample = self.transform(sample, SampleOrigin(url, key, epoch, draw, bucket))

@@ -107,7 +107,9 @@ class WDSDataModule(PlannedDataModule):
             ``"repeat"`` (passes of that stream per epoch), one kind for every stream. Each stream
             is read exactly once per pass in its own shuffled order (a stream that runs out starts
             its next pass); every global step holds each stream's share within 1/2 sample for two
-            streams (``(K - 1) / 2`` at most for K). ``key_map`` and the other options are shared.
+            streams (``(K - 1) / 2`` at most for K). A stream may set its own ``key_map`` (the
+            same outputs, from its own member suffixes) and ``presets_filter``; every other
+            option is shared.
             A checkpoint resumes every stream exactly on any number of GPUs; resumed with other
             weights, every stream keeps its position and the new weights apply from there.
         epoch_end: How a mix's epoch ends: ``"first_exhausted"`` (the first stream to finish its
@@ -263,6 +265,7 @@ class WDSDataModule(PlannedDataModule):
             tuple(allow_pickle or ()),
             tuple(k for k in self.raw_keys if k in (self.default_key_map if key_map is None else key_map)),
         )
+        self._stream_specs = [self._own_spec(k, stream) for k, stream in enumerate(self.streams)]
         self.files_map = dict(self.default_files_map if files_map is None else files_map)
         # a family's default constant files may be absent (the key is then left out); a user's may not
         self.optional_files = list(optional_files or (self.default_files_map if files_map is None else []))
@@ -357,6 +360,18 @@ class WDSDataModule(PlannedDataModule):
         if self.bucket_targets is not None:
             self.bucket_index(self._resolve(self.datatags, need_counts=True, num_shards=self._num_shards()))
 
+    def _own_spec(self, k: int, stream: Mapping[str, Any]) -> SampleSpec | None:
+        """Stream ``k``'s own sample spec when it sets ``key_map`` or ``presets_filter``; the same outputs as the DataModule's."""
+        if not any(key in stream for key in STREAM_OWN_OPTIONS):
+            return None
+        key_map = stream.get("key_map", self.spec.key_map)
+        if not isinstance(key_map, Mapping) or set(key_map) != set(self.spec.key_map):
+            raise ValueError(
+                f"streams[{k}].key_map {key_map!r} must map the same outputs as key_map ({sorted(self.spec.key_map)}), "
+                "each to this stream's member suffix, so that every batch has one set of keys"
+            )
+        return dataclasses.replace(self.spec, key_map=dict(key_map), presets_filter=stream.get("presets_filter", self.spec.presets_filter))
+
     def _num_shards(self) -> int | None:
         """``num_shards``, or ``shards_per_worker`` times every worker of every GPU."""
         if self.shards_per_worker is None:
@@ -377,15 +392,22 @@ class WDSDataModule(PlannedDataModule):
             txt_extensions=self.spec.txt_extensions, allow_pickle=self.spec.allow_pickle,
         )  # fmt: skip
 
-    def _source(self, shards: Sequence[Shard], constants: Mapping[str, Any]) -> SampleSource:
+    def _source(self, shards: Sequence[Shard], constants: Mapping[str, Any], per_stream: Sequence[Sequence[Shard]] = ()) -> SampleSource:
+        """What the streams read; ``per_stream``: the mixed streams' shards, for the streams' own specs."""
         # a constant named like a key_map output is the default of samples lacking that member
         defaults = {key: value for key, value in constants.items() if key in self.spec.key_map}
         spec = dataclasses.replace(self.spec, defaults=defaults)
+        specs_by_url = {
+            shard.url: dataclasses.replace(own, defaults=defaults)
+            for own, stream_shards in zip(self._stream_specs, per_stream) if own is not None
+            for shard in stream_shards
+        }  # fmt: skip
         constants = {key: value for key, value in constants.items() if key not in defaults}
         return SampleSource(
             tuple(shards), spec=spec, constants=constants, batch_size=self.batch_size, seed=self.seed,
             max_skip_fraction=self.max_skip_fraction, storage_options=self.storage_options,
             transform=self.sample_transform(), offsets_dir=self.offsets_dir, check_finite=self.check_finite,
+            specs_by_url=specs_by_url or None,
         )  # fmt: skip
 
     @property
@@ -417,7 +439,7 @@ class WDSDataModule(PlannedDataModule):
         like_buffer = int(self.batch_size * per_shard / (per_shard + 2 * buffer))
         return max(1, min(self.read_block_bytes // mean_bytes, self.batch_size // 2, like_buffer))
 
-    def _check_keys(self, shards: Sequence[Shard], defaulted: Collection[str], probes: int = 3) -> list[int]:
+    def _check_keys(self, shards: Sequence[Shard], defaulted: Collection[str], probes: int = 3, spec: SampleSpec | None = None) -> list[int]:
         """Fail early when a ``key_map`` suffix (of a key without a default) is in none of the
         first samples of a few shards; return those samples' sizes in bytes."""
         reader = ShardReader(self.storage_options, offsets_dir=self.offsets_dir)
@@ -430,7 +452,8 @@ class WDSDataModule(PlannedDataModule):
                 seen |= set(members)
                 sizes.append(sum(map(len, members.values())))
         reader.close()
-        missing = [suffix for key, suffix in self.spec.key_map.items() if suffix not in seen and key not in defaulted]
+        key_map = (spec or self.spec).key_map
+        missing = [suffix for key, suffix in key_map.items() if suffix not in seen and key not in defaulted]
         if seen and missing:
             raise ValueError(
                 f"key_map: no sample of the {len(checked)} shards checked has {missing}; their members are "
@@ -442,13 +465,21 @@ class WDSDataModule(PlannedDataModule):
         if self.train_stream is not None:
             return
         constants = self._constants()
-        shards = self._resolve(self.datatags, need_counts=not self.resampled, num_shards=self._num_shards())
-        probed_sizes = self._check_keys(shards, defaulted=constants.keys())
-        source = self._source(shards, constants)
+        if self.streams:
+            per_stream = [self._resolve(stream["datatags"], need_counts=True, num_shards=self._num_shards()) for stream in self.streams]
+            shards = [shard for stream_shards in per_stream for shard in stream_shards]
+            for own, stream_shards in zip(self._stream_specs, per_stream):
+                self._check_keys(stream_shards, defaulted=constants.keys(), spec=own)
+            probed_sizes: list[int] = []
+        else:
+            per_stream = []
+            shards = self._resolve(self.datatags, need_counts=not self.resampled, num_shards=self._num_shards())
+            probed_sizes = self._check_keys(shards, defaulted=constants.keys())
+        source = self._source(shards, constants, per_stream)
         if self.resampled:
             self.train_stream = ResampledWDSStream(source, self._shuffle_buffer_bytes(shards, probed_sizes), self.epoch_samples)
         elif self.streams:
-            self.train_stream = self._mixed_stream(constants)
+            self.train_stream = self._mixed_stream(source, [len(stream_shards) for stream_shards in per_stream])
             if self.cursor is None:
                 self.cursor = Cursor(0, self.sampler_start_idx)
         elif self.bucket_targets is not None:
@@ -479,13 +510,12 @@ class WDSDataModule(PlannedDataModule):
             counted = self._source(self._resolve(self.datatags, need_counts=True, num_shards=self._num_shards()), constants)
             self.pass_stream = WDSStream(counted, shuffle=False, tail="uneven", prefetch_batches=self.prefetch_batches)
 
-    def _mixed_stream(self, constants: Mapping[str, Any]) -> MixedWDSStream:
-        per_stream = [self._resolve(stream["datatags"], need_counts=True, num_shards=self._num_shards()) for stream in self.streams]
-        shards = [shard for stream in per_stream for shard in stream]
+    def _mixed_stream(self, source: SampleSource, shards_per_stream: list[int]) -> MixedWDSStream:
         kind = next(k for k in ("weight", "proportion", "repeat") if k in self.streams[0])
         declared = [float(stream[kind]) for stream in self.streams]
+        shards = source.shards
         stream = MixedWDSStream(
-            self._source(shards, constants), shards_per_stream=[len(s) for s in per_stream],
+            source, shards_per_stream=shards_per_stream,
             weights=declared if kind == "weight" else None, proportions=declared if kind == "proportion" else None,
             repeat=declared if kind == "repeat" else None,
             epoch_end="total" if kind == "repeat" else self.epoch_end,
@@ -642,7 +672,7 @@ def _check_stream(k: int, stream: Mapping[str, Any]) -> dict[str, Any]:
     """One entry of ``streams``: its datatags and exactly one of weight, proportion and repeat."""
     if not isinstance(stream, Mapping):
         raise ValueError(f"streams[{k}] must be a mapping like {{'datatags': ['WDS:...'], 'weight': 1}}, got {stream!r}")
-    unknown = set(stream) - {"datatags", "weight", "proportion", "repeat"}
+    unknown = set(stream) - {"datatags", "weight", "proportion", "repeat", *STREAM_OWN_OPTIONS}
     kinds = [key for key in ("weight", "proportion", "repeat") if key in stream]
     if unknown or len(kinds) != 1 or not stream.get("datatags"):
         raise ValueError(
@@ -650,7 +680,11 @@ def _check_stream(k: int, stream: Mapping[str, Any]) -> dict[str, Any]:
             f"or 'repeat'{'; unknown keys ' + str(sorted(unknown)) if unknown else ''}"
         )
     datatags = [stream["datatags"]] if isinstance(stream["datatags"], str) else list(stream["datatags"])
-    return {"datatags": datatags, kinds[0]: stream[kinds[0]]}
+    return {"datatags": datatags, kinds[0]: stream[kinds[0]], **{key: stream[key] for key in STREAM_OWN_OPTIONS if key in stream}}
+
+
+#: what a stream of ``streams`` may set for itself; every other option is the DataModule's
+STREAM_OWN_OPTIONS = ("key_map", "presets_filter")
 
 
 def _tail_from(tail: TailPolicy | None, partial: bool | None) -> TailPolicy:

@@ -36,9 +36,11 @@ class SampleSource:
     transform: SampleTransform | None = None
     offsets_dir: str | None = None
     check_finite: bool = False
+    #: shard URL -> the spec of its stream, where a mixed stream has its own key_map
+    specs_by_url: Mapping[str, SampleSpec] | None = None
 
     def decoder(self, policy: BadDataPolicy) -> BatchDecoder:
-        return BatchDecoder(self.spec, self.constants, policy, self.transform, self.check_finite)
+        return BatchDecoder(self.spec, self.constants, policy, self.transform, self.check_finite, self.specs_by_url)
 
     def read_batches(
         self,

@@ -119,3 +119,27 @@ def test_the_mix_config_parses():
                             capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.dumps("weight")[1:-1] in result.stdout
+
+
+def test_a_stream_with_its_own_member_names_mixes_in_under_the_same_keys(two_datasets, tmp_path):
+    import tarfile
+
+    renamed = tmp_path / "renamed"  # dataset b, its latents stored as .vae.pth
+    renamed.mkdir()
+    for shard in sorted((two_datasets / "b").glob("*.tar")):
+        with tarfile.open(shard) as src, tarfile.open(renamed / shard.name, "w") as dst:
+            for member in src.getmembers():
+                data = src.extractfile(member)
+                member.name = member.name.replace(".latent.pth", ".vae.pth")
+                dst.addfile(member, data)
+    own = {"datatags": [f"WDS:{renamed}"], "weight": 1, "key_map": {"real": "vae.pth", "condition": "txt_emb.pth"}}
+    dm = ImageLatentDataModule(streams=[{"datatags": [f"WDS:{two_datasets}/a"], "weight": 3}, own], batch_size=16, num_workers=0, index_dir=str(tmp_path / "index"))
+    dm.prepare_data()
+    batches = list(dm.train_dataloader())
+    assert {dataset_of(i) for b in batches for i in ids_of(b)} == {"a", "renamed"}
+    assert all(set(b) == set(batches[0]) and b["real"].shape[1:] == batches[0]["real"].shape[1:] for b in batches)
+    with pytest.raises(ValueError, match=r"^streams\[1\].key_map \{'real': 'vae.pth'\} must map the same outputs as key_map"):
+        ImageLatentDataModule(streams=[{"datatags": [f"WDS:{two_datasets}/a"], "weight": 3}, {**own, "key_map": {"real": "vae.pth"}}], batch_size=16)
+    plain = ImageLatentDataModule(streams=[{"datatags": [f"WDS:{two_datasets}/a"], "weight": 3}, {k: v for k, v in own.items() if k != "key_map"}], batch_size=16, num_workers=0, index_dir=str(tmp_path / "index"))
+    with pytest.raises(ValueError, match=r"^key_map: no sample of the 2 shards checked has \['latent.pth'\]"):
+        plain.setup("fit")  # the stream's members are named otherwise: said at setup
