@@ -29,7 +29,7 @@ def _index_location(tag: str, threads: int, processes: int | None, storage_optio
     with open_url(f"{location}/shard_counts.json", "wb", storage_options) as f:
         f.write(json.dumps(counts, indent=1).encode())
     reused = sum(1 for s in shards if previous and s.url in previous)
-    sized = f", image sizes of {sizes_of!r}" if sizes_of else ""
+    sized = f", sizes of {sizes_of!r}" if sizes_of else ""
     print(f"{tag}: {len(shards)} shards, {sum(counts.values())} samples{sized} ({reused} shards unchanged) -> {path}, shard_counts.json")
 
 
@@ -46,7 +46,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--processes", type=int, default=None, help="processes parsing local shards (default: one per core)")
     parser.add_argument(
         "--sizes", default=None, metavar="SUFFIX",
-        help="also record each sample's image (width, height) from the header of its SUFFIX member (e.g. jpg), what buckets need",
+        help="also record each sample's size from the header of its SUFFIX member, what buckets need: "
+        "an image's (width, height) (e.g. jpg) or a tensor's (width, height, frames) (e.g. latent.pth, npy)",
     )
     parser.add_argument("--storage-options", type=json.loads, default={}, help="fsspec options as JSON (endpoint, credentials)")
     args = parser.parse_args(argv)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from fastgen_dm.batch.assemble import SampleTransform
 from fastgen_dm.datamodules.webdataset import WDSDataModule
 from fastgen_dm.format.image import IMAGE_EXTENSIONS
-from fastgen_dm.plan.buckets import BUCKET_TAILS, BucketTail, aspect_buckets
+from fastgen_dm.plan.buckets import BUCKET_TAILS, BucketTail, targets_from
 from fastgen_dm.transform.image import ImageTransform, check_input_res, check_norm, normalize_pixels
 from fastgen_dm.viz import unnormalize
 
@@ -121,7 +120,7 @@ class ImageWDSDataModule(WDSDataModule):
         self.image_keys = _image_keys(self.default_key_map if key_map is None else key_map)
         self.raw_keys = self.image_keys  # passed to the transform as bytes, decoded there
         if buckets is not None:  # read by WDSDataModule's setup: the stream's plan
-            self.bucket_targets = bucket_targets(buckets)
+            self.bucket_targets = targets_from(buckets)
             self.bucket_tail = bucket_tail
             self.bucket_sizes_of = dict(self.default_key_map if key_map is None else key_map)[self.image_keys[0]]
         self.image_transform = ImageTransform(
@@ -160,25 +159,6 @@ class ImageWDSDataModule(WDSDataModule):
                 if key in batch and batch[key].dtype == torch.uint8:
                     batch[key] = normalize_pixels(batch[key], self.norm_mean, self.norm_std)
         return batch
-
-
-def bucket_targets(buckets: list[list[int]] | dict[str, Any]) -> np.ndarray:
-    """The ``buckets`` argument as int64 (M, 2) rows of (height, width).
-
-    ``[[256, 256], [192, 384]]`` -> those rows; ``{"ratios": 3, "pixels": 65536}`` ->
-    ``aspect_buckets(3, 65536)`` = [[384, 192], [256, 256], [192, 384]].
-    """
-    if isinstance(buckets, Mapping):
-        unknown = set(buckets) - {"ratios", "pixels", "max_ratio", "multiple"}
-        if unknown or not {"ratios", "pixels"} <= set(buckets):
-            raise ValueError(f"buckets={dict(buckets)}: give 'ratios' and 'pixels' (optionally 'max_ratio', 'multiple'), e.g. {{'ratios': 5, 'pixels': 65536}}")
-        return aspect_buckets(
-            int(buckets["ratios"]), int(buckets["pixels"]), max_ratio=float(buckets.get("max_ratio", 2.0)), multiple=int(buckets.get("multiple", 64))
-        )
-    table = np.asarray(buckets, dtype=np.int64)
-    if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] != 2 or (table < 1).any():
-        raise ValueError(f"buckets={buckets!r}: give [[height, width], ...] (each >= 1) or {{'ratios': N, 'pixels': P}}")
-    return table
 
 
 def _image_keys(key_map: Any) -> tuple[str, ...]:

@@ -7,44 +7,112 @@ when that file exists (``files_map`` points it elsewhere).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from fastgen_dm.datamodules.webdataset import WDSDataModule
+from fastgen_dm.index.shard_index import ShardIndex
+from fastgen_dm.plan.buckets import BUCKET_TAILS, BucketTail, targets_from
+from fastgen_dm.transform.latent import LatentBucketCrop
 
 _NEG = {"neg_condition": "neg_condition.pth"}
 
 
-class ImageLatentDataModule(WDSDataModule):
-    """Image latents and text embeddings: ``real`` = ``latent.pth``, ``condition`` = ``txt_emb.pth``.
+class _BucketedLatents(WDSDataModule):
+    """Latent shape buckets for the latent families: the ``real`` latent's shape from the index."""
+
+    #: target columns a family takes: (H, W) for image latents, also (H, W, T) for video latents
+    bucket_columns: tuple[int, ...] = (2,)
+
+    def _set_buckets(self, buckets: list[list[int]] | None, bucket_tail: BucketTail) -> None:
+        if bucket_tail not in BUCKET_TAILS:
+            raise ValueError(f"bucket_tail={bucket_tail!r} is unknown; use one of {BUCKET_TAILS}")
+        if buckets is None:
+            return
+        if not isinstance(buckets, Sequence) or isinstance(buckets, str):
+            raise ValueError(f"buckets={buckets!r}: latents take a list of latent shapes {'[[H, W], ...]' if self.bucket_columns == (2,) else '[[H, W(, T)], ...]'}")
+        self.bucket_targets = targets_from(buckets, columns=self.bucket_columns)
+        self.bucket_tail = bucket_tail
+        self.bucket_sizes_of = self.spec.key_map["real"] if "real" in self.spec.key_map else next(iter(self.spec.key_map.values()))
+
+    def sample_transform(self) -> LatentBucketCrop | None:
+        if self.bucket_targets is None:
+            return None
+        key = "real" if "real" in self.spec.key_map else next(iter(self.spec.key_map))
+        return LatentBucketCrop(tuple(tuple(int(v) for v in row) for row in self.bucket_targets), (key,))
+
+    def bucket_dims(self, index: ShardIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The latent's (W, H[, T]) from the index (``fastgen index --sizes latent.pth``); unknown: 1 x 1, judged when read."""
+        assert index.sizes is not None and self.bucket_targets is not None
+        if index.sizes.shape[1] != 3:
+            raise ValueError(
+                f"{index.url}: the index holds image sizes, and latent buckets need tensor shapes; "
+                f"run `fastgen index --sizes {self.bucket_sizes_of} WDS:<location>` again"
+            )
+        sizes = index.sizes.astype(np.int64)
+        sizes[(sizes[:, :2] <= 0).any(axis=1), :2] = 1
+        return sizes[:, 0], sizes[:, 1], sizes[:, 2] if self.bucket_targets.shape[1] == 3 else None
+
+
+_BUCKETS_DOC = """buckets: Latent shape buckets: a list of latent ``[H, W]`` targets{frames}. Each
+            sample goes to the nearest aspect ratio, then the largest target it covers, and is
+            center-cropped to it (latents are never resized); every global step takes every
+            GPU's batch from one bucket; batches carry ``bucket``. One smaller than every
+            target of its ratio is bad data. Needs the latents' shapes in the index: ``fastgen
+            index --sizes latent.pth WDS:<location>`` (``prepare_data`` records them for local
+            data it indexes).
+        bucket_tail: Each bucket's rest of fewer than one global step: ``"drop"``, ``"pad"`` or ``"carry"``."""
+
+
+class ImageLatentDataModule(_BucketedLatents):
+    __doc__ = f"""Image latents and text embeddings: ``real`` = ``latent.pth``, ``condition`` = ``txt_emb.pth``.
 
     Args:
         datatags: Datasets as ``"WDS:<location>"``.
         batch_size: Samples per GPU per step.
+        {_BUCKETS_DOC.format(frames="")}
         **kwargs: Every other argument of :class:`WDSDataModule`.
     """
 
     default_key_map = {"real": "latent.pth", "condition": "txt_emb.pth"}
     default_files_map = _NEG
 
-    def __init__(self, datatags: list[str] | None = None, batch_size: int = 32, **kwargs: Any) -> None:
+    def __init__(
+        self, datatags: list[str] | None = None, batch_size: int = 32, buckets: list[list[int]] | None = None, bucket_tail: BucketTail = "drop", **kwargs: Any
+    ) -> None:
         super().__init__(datatags=datatags, batch_size=batch_size, **kwargs)
+        self._set_buckets(buckets, bucket_tail)
+        self._validate_buckets()
 
 
-class VideoLatentDataModule(WDSDataModule):
-    """Video latents [C, T, H, W] and text embeddings (``latent.pth``, ``txt_emb.pth``).
+class VideoLatentDataModule(_BucketedLatents):
+    __doc__ = f"""Video latents [C, T, H, W] and text embeddings (``latent.pth``, ``txt_emb.pth``).
 
     Args:
         datatags: Datasets as ``"WDS:<location>"``.
         batch_size: Samples per GPU per step.
         num_workers: DataLoader workers per GPU (video latents are large: few workers suffice).
+        {_BUCKETS_DOC.format(frames=", or ``[H, W, T]`` to also take the first T latent frames")}
         **kwargs: Every other argument of :class:`WDSDataModule`.
     """
 
     default_key_map = {"real": "latent.pth", "condition": "txt_emb.pth"}
     default_files_map = _NEG
+    bucket_columns = (2, 3)
 
-    def __init__(self, datatags: list[str] | None = None, batch_size: int = 2, num_workers: int | None = 2, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        datatags: list[str] | None = None,
+        batch_size: int = 2,
+        num_workers: int | None = 2,
+        buckets: list[list[int]] | None = None,
+        bucket_tail: BucketTail = "drop",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(datatags=datatags, batch_size=batch_size, num_workers=num_workers, **kwargs)
+        self._set_buckets(buckets, bucket_tail)
+        self._validate_buckets()
 
 
 class PairDataModule(WDSDataModule):

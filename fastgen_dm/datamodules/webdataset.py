@@ -330,11 +330,15 @@ class WDSDataModule(PlannedDataModule):
             )
         if self.prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
-        if self.bucket_targets is not None and (self.streams or self.resampled or self.sampler_start_idx):
-            raise ValueError("buckets plan an exact epoch of one dataset: leave streams, resampled and sampler_start_idx unset with buckets")
+        self._validate_buckets()
         if self.sampler_start_idx < 0:
             raise ValueError(f"sampler_start_idx must be >= 0, got {self.sampler_start_idx}")
         validate_training_tail(self.tail)
+
+    def _validate_buckets(self) -> None:
+        """Buckets and the options they exclude (families that set buckets after ``__init__`` call it again)."""
+        if self.bucket_targets is not None and (self.streams or self.resampled or self.sampler_start_idx):
+            raise ValueError("buckets plan an exact epoch of one dataset: leave streams, resampled and sampler_start_idx unset with buckets")
 
     # -- Lightning hooks -------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Mapping, Sequence, cast
 import numpy as np
 
 from fastgen_dm.format.image import IMAGE_EXTENSIONS, image_size
+from fastgen_dm.format.tensor_header import TENSOR_EXTENSIONS, tensor_shape
 from fastgen_dm.format.tar import BLOCK, INDEX_BLOCK_BYTES, ShardReadError, sample_members, scan_members
 from fastgen_dm.index.shard_index import KeyList, ShardIndex
 from fastgen_dm.storage import BlockReader, ByteCounter, RangeSource, is_local, resolve_fs
@@ -27,17 +28,38 @@ logger = logging.getLogger(__name__)
 #: a longer one (EXIF thumbnails, a TIFF's trailing directory) is read again 16 times larger,
 #: then whole (WebP: Pillow reads its size only through libwebp, from the whole file).
 SIZE_HEAD_BYTES = 4096
+#: a tensor file's header is read from its first SIZE_HEAD_BYTES, else from this many (torch.save's pickle of one tensor: ~300)
+TENSOR_HEAD_BYTES = 65536
 UNKNOWN_SIZE = (0, 0)
 
 
 def check_sizes_key(sizes_of: str | None) -> None:
-    """``sizes_of`` must be None or a member suffix ending in an image extension (``jpg``, ``image.png``)."""
-    if sizes_of is not None and sizes_of.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:
-        raise ValueError(f"sizes {sizes_of!r} is not an image member suffix; give the suffix of the image, e.g. --sizes jpg")
+    """``sizes_of`` must be None or a member suffix ending in an image or tensor extension (``jpg``, ``latent.pth``)."""
+    if sizes_of is not None and sizes_of.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS | TENSOR_EXTENSIONS:
+        raise ValueError(
+            f"sizes {sizes_of!r} is not the suffix of an image or a tensor member; give it as the member is named, "
+            f"e.g. --sizes jpg or --sizes latent.pth (images: {', '.join(sorted(IMAGE_EXTENSIONS))}; tensors: {', '.join(sorted(TENSOR_EXTENSIONS))})"
+        )
 
 
-def _member_size(source: RangeSource, url: str, key: str, data_offset: int, size: int) -> tuple[int, int]:
-    """(width, height) of the image member at ``data_offset``, reading its header only; UNKNOWN_SIZE if unreadable."""
+def size_columns(sizes_of: str) -> int:
+    """Columns of the sizes of ``sizes_of`` members: (width, height) for images, (width, height, frames) for tensors."""
+    return 3 if sizes_of.rsplit(".", 1)[-1].lower() in TENSOR_EXTENSIONS else 2
+
+
+def _member_size(source: RangeSource, url: str, key: str, data_offset: int, size: int, sizes_of: str) -> tuple[int, ...]:
+    """The sizes of the member at ``data_offset`` (see :func:`size_columns`), reading its header only; zeros if unreadable."""
+    extension = sizes_of.rsplit(".", 1)[-1].lower()
+    if extension in TENSOR_EXTENSIONS:
+        for want in (min(SIZE_HEAD_BYTES, size), min(TENSOR_HEAD_BYTES, size)):  # a longer pickle is read again
+            shape = tensor_shape(source.read(data_offset, data_offset + want), extension)
+            if shape is not None or want >= size:
+                break
+        if shape is None or len(shape) < 2:
+            logger.warning("%s: %s: no tensor shape of at least 2 dimensions in its header; it is judged when read", url, key)
+            return (0, 0, 0)
+        # (..., H, W) -> width, height; (C, T, H, W) -> and T frames
+        return shape[-1], shape[-2], shape[-3] if len(shape) >= 4 else 0
     want = min(SIZE_HEAD_BYTES, size)
     while True:
         try:
@@ -63,7 +85,9 @@ def index_shard(
     With ``sizes_of`` (a member suffix, e.g. ``"jpg"``), also each sample's image (width,
     height), from the first :data:`SIZE_HEAD_BYTES` of that member (its offset is known from the
     walk): a shard of 100 KB JPEGs is sized reading about 4% of it. Example:
-    ``index_shard("00000.tar", sizes_of="jpg").sizes[0]`` -> ``[640, 480]``.
+    ``index_shard("00000.tar", sizes_of="jpg").sizes[0]`` -> ``[640, 480]``. A tensor suffix
+    (``latent.pth``, ``npy``) gives (width, height, frames) of the tensor's shape ``(..., H, W)``
+    or ``(C, T, H, W)``, from its file's header (:mod:`fastgen_dm.format.tensor_header`).
 
     Args:
         url: Shard path, ``file://`` or fsspec URL; kept as given in the result.
@@ -71,7 +95,7 @@ def index_shard(
         partial_ok: On a truncated or corrupt shard, return the samples before the damage
             (without the last one, which may have lost members) and set ``truncated_at``,
             instead of raising.
-        sizes_of: Member suffix of the image to size; None: no sizes.
+        sizes_of: Member suffix of the image or tensor to size; None: no sizes.
         counter: Adds the bytes fetched (e.g. to compare with the shard size).
         block_bytes: Bytes fetched per request at least; None: one header (512) for local files,
             where a seek is free and only headers are read (about 4% of a shard of 72 KB
@@ -112,7 +136,9 @@ def index_shard(
             keys, starts, ends, truncated_at = keys[:-1], starts[:-1], ends[:-1], err.offset
         sizes = None
         if sizes_of is not None:
-            sizes = np.array([_member_size(source, url, key, *images[k]) if k in images else UNKNOWN_SIZE for k, key in enumerate(keys)], np.int32).reshape(-1, 2)
+            columns = size_columns(sizes_of)
+            unknown = (0,) * columns
+            sizes = np.array([_member_size(source, url, key, *images[k], sizes_of) if k in images else unknown for k, key in enumerate(keys)], np.int32).reshape(-1, columns)
     return ShardIndex(url, size, KeyList.from_strings(keys), np.array(starts, np.int64), np.array(ends, np.int64), truncated_at, sizes)
 
 
@@ -162,7 +188,11 @@ def index_shards(
         raise ValueError(f"urls lists {twice[:3]} more than once; each shard must appear once")
     check_sizes_key(sizes_of)
     # an unchanged shard is reused only if it has what is asked for
-    previous = {url: old for url, old in (previous or {}).items() if sizes_of is None or old.sizes is not None}
+    # an old index is reused only when it has the sizes asked for (as many columns: images or tensors)
+    previous = {
+        url: old for url, old in (previous or {}).items()
+        if sizes_of is None or (old.sizes is not None and old.sizes.shape[1] == size_columns(sizes_of))
+    }  # fmt: skip
     results: list[ShardIndex | None] = [None] * len(urls)
     local: list[int] = []
     remote: list[int] = []

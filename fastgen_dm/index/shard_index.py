@@ -123,8 +123,10 @@ class ShardIndex:
             ``partial_ok=True``, the offset where the damage was found (the samples listed are
             the complete ones before it).
         sizes: None, or int32 of shape (count, 2): each sample's image (width, height), read
-            from its header (``fastgen index --sizes jpg``); (0, 0) where the sample has no such
-            image or its header is unreadable. Buckets need it.
+            from its header (``fastgen index --sizes jpg``), or (count, 3): a tensor's (width,
+            height, frames) (``--sizes latent.pth``; frames 0 for a tensor of fewer than 4
+            dimensions); zeros where the sample has no such member or its header is
+            unreadable. Buckets need it.
         validate: Check every range (O(count)); a store that checked them when it was written
             passes False so that loading costs O(shards), and only the first and last ranges
             are checked.
@@ -148,8 +150,8 @@ class ShardIndex:
         if self.sizes is not None:
             shared = isinstance(self.sizes, np.ndarray) and self.sizes.dtype == np.int32 and not self.sizes.flags.writeable
             sizes = self.sizes if shared else np.array(self.sizes, dtype=np.int32)
-            if sizes.shape != (len(self.keys), 2):
-                raise ValueError(f"{self.url}: sizes has shape {sizes.shape}, need ({len(self.keys)}, 2): one (width, height) per sample")
+            if sizes.ndim != 2 or sizes.shape[0] != len(self.keys) or sizes.shape[1] not in (2, 3):
+                raise ValueError(f"{self.url}: sizes has shape {sizes.shape}, need ({len(self.keys)}, 2 or 3): one (width, height[, frames]) per sample")
             sizes.setflags(write=False)
             object.__setattr__(self, "sizes", sizes)
         _validate_ranges(self, everything=validate)

@@ -13,8 +13,9 @@ Layout (``fastgen_index.fgi``)::
       starts     int64 (samples,)   ends  int64 (samples,)
       key_offsets int64 (samples + 1,): key i is keys[key_offsets[i] : key_offsets[i + 1]]
       keys       uint8 (key bytes,): the UTF-8 keys, concatenated
-      sizes      int32 (samples * 2,), optional: each sample's image (width, height), written
-                 when every shard has them (``fastgen index --sizes``); older files lack it
+      sizes      int32 (samples * 2,) or (samples * 3,), optional: each sample's image (width,
+                 height) or tensor (width, height, frames), written when every shard has the
+                 same kind (``fastgen index --sizes``); older files lack it
 
 A local file is memory-mapped: loading costs O(shards) (the JSON and ``first``), and a process
 touches only the pages of the shards it reads, pages that every process on the node shares
@@ -65,9 +66,10 @@ def save_index(path: str, shards: Sequence[ShardIndex], storage_options: Mapping
         "keys": (np.uint8, sum(blob.size for blob, _ in compact)),
     }
     # all or none: a loaded index either knows every sample's size or none
-    with_sizes = bool(shards) and all(shard.sizes is not None for shard in shards)
+    columns = {0 if shard.sizes is None else int(shard.sizes.shape[1]) for shard in shards}
+    with_sizes = len(columns) == 1 and 0 not in columns
     if with_sizes:
-        lengths["sizes"] = (np.int32, 2 * samples)
+        lengths["sizes"] = (np.int32, columns.pop() * samples)
     meta = [
         {"url": shard.url, "size": shard.size, "count": shard.count, "truncated_at": shard.truncated_at}
         for shard in shards
@@ -180,9 +182,12 @@ def _array(data: np.ndarray, spec: Mapping[str, Any], path: str) -> np.ndarray:
 def _shards(meta: list[dict[str, Any]], arrays: dict[str, np.ndarray], path: str) -> dict[str, ShardIndex]:
     first, key_offsets, keys = arrays["first"], arrays["key_offsets"], arrays["keys"]
     starts, ends = arrays["starts"], arrays["ends"]
-    sizes = arrays["sizes"].reshape(-1, 2) if "sizes" in arrays else None
-    if sizes is not None and sizes.shape[0] != starts.size:
-        raise ValueError(f"{path}: {sizes.shape[0]} image sizes for {starts.size} samples; {_REBUILD}")
+    sizes = None
+    if "sizes" in arrays:
+        columns = arrays["sizes"].size // max(starts.size, 1) if starts.size else 2
+        if columns not in (2, 3) or arrays["sizes"].size != columns * starts.size:
+            raise ValueError(f"{path}: {arrays['sizes'].size} size values for {starts.size} samples; {_REBUILD}")
+        sizes = arrays["sizes"].reshape(-1, columns)
     counts = np.array([int(m["count"]) for m in meta], dtype=np.int64)
     if first.shape != (len(meta) + 1,) or not np.array_equal(np.diff(first), counts) or first[-1] != starts.size:
         raise ValueError(f"{path}: the per-shard sample offsets disagree with the shard counts; {_REBUILD}")

@@ -43,7 +43,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple, Sequence
+from typing import Any, Iterable, Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -92,6 +92,34 @@ def aspect_buckets(
     if lengths.ndim != 1 or lengths.size == 0 or (lengths < 1).any():
         raise ValueError(f"frames must be a non-empty list of clip lengths >= 1, got {list(frames)}")
     return np.concatenate([np.repeat(sizes, lengths.size, axis=0), np.tile(lengths, len(sizes))[:, None]], axis=1)
+
+
+def targets_from(buckets: Sequence[Sequence[int]] | Mapping[str, Any], *, columns: Sequence[int] = (2,)) -> np.ndarray:
+    """A DataModule's ``buckets`` argument as int64 (M, C) target rows, C one of ``columns``.
+
+    ``[[256, 256], [192, 384]]`` -> those rows (height, width; with 3 columns also frames);
+    ``{"ratios": 3, "pixels": 65536}`` -> ``aspect_buckets(3, 65536)`` = [[384, 192], [256, 256],
+    [192, 384]], also with ``"max_ratio"``, ``"multiple"`` and (where 3 columns are allowed)
+    ``"frames"``.
+    """
+    names = "[[height, width], ...]" if tuple(columns) == (2,) else "[[height, width(, frames)], ...]"
+    options = {"ratios", "pixels", "max_ratio", "multiple"} | ({"frames"} if 3 in columns else set())
+    if isinstance(buckets, Mapping):
+        unknown = set(buckets) - options
+        if unknown or not {"ratios", "pixels"} <= set(buckets):
+            raise ValueError(f"buckets={dict(buckets)}: give 'ratios' and 'pixels' (optionally {sorted(options - {'ratios', 'pixels'})}), e.g. {{'ratios': 5, 'pixels': 65536}}")
+        frames = buckets.get("frames")
+        return aspect_buckets(
+            int(buckets["ratios"]), int(buckets["pixels"]), max_ratio=float(buckets.get("max_ratio", 2.0)),
+            multiple=int(buckets.get("multiple", 64)), frames=None if frames is None else [int(f) for f in frames],
+        )  # fmt: skip
+    try:
+        table = np.asarray(buckets, dtype=np.int64)
+    except (TypeError, ValueError):
+        table = np.zeros((0, 0), np.int64)
+    if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] not in columns or (table < 1).any():
+        raise ValueError(f"buckets={buckets!r}: give {names} (each >= 1) or {{'ratios': N, 'pixels': P}}")
+    return table
 
 
 def _validate_targets(targets: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:

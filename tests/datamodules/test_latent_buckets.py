@@ -1,0 +1,137 @@
+"""Latent shape buckets: shapes from the tensor files' headers, one bucket per step, crops never enlargements."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from helpers import write_wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastgen_dm.datamodules.latents import ImageLatentDataModule, VideoLatentDataModule
+from fastgen_dm.format.tensor_header import tensor_shape
+from fastgen_dm.index.build import index_shard
+from fastgen_dm.index.store import load_index, save_index
+from fastgen_dm.storage import ByteCounter
+
+# latent (C, H, W): most square, some wide, a few larger squares (cropped), one too small (bad data)
+SHAPES = [(4, 32, 32)] * 5 + [(4, 24, 48)] * 3 + [(4, 40, 40)] + [(4, 16, 16)]
+TARGETS = [[32, 32], [24, 48]]
+SAMPLES_PER_SHARD, SHARDS = 20, 3
+
+
+def saved(tensor) -> bytes:
+    out = io.BytesIO()
+    torch.save(tensor, out)
+    return out.getvalue()
+
+
+def shape_of(key) -> tuple[int, ...]:
+    return SHAPES[int(key) % len(SHAPES)]
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latent_buckets")
+    n = 0
+    for s in range(SHARDS):
+        samples = []
+        for _ in range(SAMPLES_PER_SHARD):
+            latent = torch.full(shape_of(n), float(n)) + torch.arange(shape_of(n)[-1]).float() / 100  # columns tell a crop
+            samples.append({"__key__": f"{n:06d}", "latent.pth": saved(latent), "txt_emb.pth": saved(torch.zeros(8, 16))})
+            n += 1
+        write_wds(root / f"{s:05d}.tar", samples)
+    return root
+
+
+def test_shapes_are_read_from_headers_without_loading_the_tensor():
+    for shape, dtype in [((4, 32, 32), torch.float32), ((16, 5, 30, 40), torch.bfloat16), ((3,), torch.float16)]:
+        assert tensor_shape(saved(torch.zeros(shape, dtype=dtype))[:4096], "pth") == shape
+    array = io.BytesIO()
+    np.save(array, np.zeros((4, 8, 8), np.float16))
+    assert tensor_shape(array.getvalue()[:256], "npy") == (4, 8, 8)
+    assert tensor_shape(saved({"a": torch.zeros(2)}), "pth") is None  # not one tensor
+    assert tensor_shape(saved(torch.zeros(4, 32, 32))[:100], "pth") is None  # cut before its pickle ends
+
+
+@settings(max_examples=200, deadline=None)
+@given(head=st.binary(max_size=600), cut=st.integers(0, 2000), extension=st.sampled_from(["pth", "npy"]))
+def test_no_bytes_make_the_header_reader_raise_or_load_anything(head, cut, extension):
+    real = saved(torch.zeros(2, 3, 4))
+    for data in (head, real[:cut] + head, b"PK\x03\x04" + head):
+        shape = tensor_shape(data, extension)
+        assert shape is None or all(isinstance(n, int) for n in shape)
+
+
+def test_the_index_records_latent_shapes_reading_a_header_a_member(latents, tmp_path):
+    url = str(latents / "00000.tar")
+    plain, sized = ByteCounter(), ByteCounter()
+    index_shard(url, counter=plain)
+    index = index_shard(url, counter=sized, sizes_of="latent.pth")
+    assert index.sizes.tolist() == [[shape_of(k)[2], shape_of(k)[1], 0] for k in range(SAMPLES_PER_SHARD)]
+    latent_bytes = sum(len(saved(torch.zeros(shape_of(k)))) for k in range(SAMPLES_PER_SHARD))
+    assert sized.bytes_read - plain.bytes_read == SAMPLES_PER_SHARD * 4096 < latent_bytes / 4  # one head a latent
+    save_index(str(tmp_path / "i.fgi"), [index])
+    assert load_index(str(tmp_path / "i.fgi"))[url].sizes.tolist() == index.sizes.tolist()  # three columns round trip
+
+
+def make(cls, root, tmp_path, **kwargs):
+    dm = cls(datatags=[f"WDS:{root}"], index_dir=str(tmp_path / "index"), **{"num_workers": 0, "batch_size": 4, "buckets": TARGETS, **kwargs})
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_each_batch_is_one_bucket_cropped_to_its_shape_and_a_too_small_latent_is_bad_data(latents, tmp_path, num_workers):
+    dm = make(ImageLatentDataModule, latents, tmp_path, num_workers=num_workers, max_skip_fraction=0.2)
+    keys = []
+    for batch in dm.train_dataloader():
+        bucket = batch["bucket"]
+        assert list(batch["real"].shape[1:]) == [4, *TARGETS[bucket]] and len(batch["real"]) <= 4  # a bad latent shrinks its batch
+        for key, latent in zip(batch["fname"], batch["real"]):
+            c, h, w = shape_of(key)
+            assert (h, w) != (16, 16)  # smaller than every bucket: never delivered
+            left = (w - TARGETS[bucket][1]) // 2
+            assert latent[0, 0, 0].item() == pytest.approx(int(key) + left / 100)  # the center, not a resize
+        keys += batch["fname"]
+    assert len(keys) == len(set(keys))
+    wide = 3 * SAMPLES_PER_SHARD * SHARDS // len(SHAPES)
+    assert Counter(shape_of(k)[1] == 24 for k in keys)[True] == wide // 4 * 4  # the wide ones, whole batches
+    assert dm.bad_data_totals()[1] > 0  # the 16 x 16 latents were counted
+
+
+def test_video_latents_take_the_first_frames_of_their_bucket(tmp_path):
+    samples = [
+        {"__key__": f"{k:04d}", "latent.pth": saved(torch.arange(t).float().view(1, t, 1, 1).expand(2, t, 8, 8).clone()), "txt_emb.pth": saved(torch.zeros(3))}
+        for k, t in enumerate([5, 9, 5, 9, 9, 5, 9, 5] * 2)
+    ]
+    (tmp_path / "v").mkdir()
+    write_wds(tmp_path / "v" / "00000.tar", samples)
+    dm = make(VideoLatentDataModule, tmp_path / "v", tmp_path, buckets=[[8, 8, 4], [8, 8, 8]], batch_size=2)
+    frames = Counter()
+    for batch in dm.train_dataloader():
+        t = [4, 8][batch["bucket"]]
+        assert list(batch["real"].shape) == [2, 2, t, 8, 8] and batch["real"][:, 0, :, 0, 0].tolist() == [list(range(t))] * 2
+        frames[t] += 2
+    assert frames == {4: 8, 8: 8}
+
+
+def test_latent_bucket_arguments_are_one_line_errors(latents, tmp_path):
+    cases = [
+        (lambda: ImageLatentDataModule(datatags=["WDS:x"], buckets=[[8, 8, 4]]), "buckets=[[8, 8, 4]]: give [[height, width], ...] (each >= 1) or {'ratios': N, 'pixels': P}"),
+        (lambda: ImageLatentDataModule(datatags=["WDS:x"], buckets=[[8, 8]], bucket_tail="cut"), "bucket_tail='cut' is unknown; use one of ('drop', 'pad', 'carry')"),
+        (lambda: ImageLatentDataModule(datatags=["WDS:x"], buckets=[[8, 8]], resampled=True), "buckets plan an exact epoch of one dataset: leave streams, resampled and sampler_start_idx unset with buckets"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            call()
+    plain = ImageLatentDataModule(datatags=[f"WDS:{latents}"], batch_size=4, num_workers=0, index_dir=str(tmp_path / "index"))
+    plain.prepare_data()  # an index without sizes
+    with pytest.raises(ValueError, match=r"^buckets need each sample's size.*run `fastgen index --sizes latent.pth WDS:"):
+        make(ImageLatentDataModule, latents, tmp_path)
