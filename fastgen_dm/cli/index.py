@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--sizes", default=None, metavar="SUFFIX",
         help="also record each sample's size from the header of its SUFFIX member, what buckets need: "
-        "an image's (width, height) (e.g. jpg) or a tensor's (width, height, frames) (e.g. latent.pth, npy)",
+        "an image's (width, height) (e.g. jpg), a video's or a tensor's (width, height, frames) (e.g. mp4, latent.pth, npy)",
     )
     parser.add_argument("--storage-options", type=json.loads, default={}, help="fsspec options as JSON (endpoint, credentials)")
     args = parser.parse_args(argv)

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from fastgen_dm.datamodules.webdataset import WDSDataModule
+from fastgen_dm.index.shard_index import ShardIndex
+from fastgen_dm.plan.buckets import BUCKET_TAILS, BucketTail, targets_from
 from fastgen_dm.decode.video import Backend, validate_backend
 from fastgen_dm.transform.video import (
     DECODER_TYPES,
@@ -72,6 +75,16 @@ class VideoWDSDataModule(WDSDataModule):
             On a CPU device the main process decodes, one clip at a time.
         key_map: Output key -> member suffix (default ``{"real": "mp4", "condition": "txt"}``).
         presets_map: Default ``{"neg_condition": "neg_prompt_wan"}``.
+        buckets: Aspect-ratio and clip-length buckets instead of one ``img_size`` and
+            ``sequence_length``: ``[[height, width, frames], ...]`` (``[height, width]``: frames
+            ``sequence_length``) or ``{"ratios": N, "pixels": P, "frames": [16, 32]}``. Each video
+            goes to the nearest aspect ratio, the largest target not above its size, and the
+            longest clip it holds at ``frame_stride`` (else the shortest); every global step
+            takes every GPU's batch from one bucket, each clip resized to cover its bucket's
+            (H, W) and center-cropped; batches carry ``bucket``. Needs the videos' sizes and
+            frame counts in the index: ``fastgen index --sizes mp4 WDS:<location>`` (mp4, mov,
+            m4v; read from their boxes, never the media data).
+        bucket_tail: Each bucket's rest of fewer than one global step: ``"drop"``, ``"pad"`` or ``"carry"``.
         **kwargs: Every other argument of :class:`WDSDataModule`.
     """
 
@@ -96,9 +109,15 @@ class VideoWDSDataModule(WDSDataModule):
         decode_on_device: bool = False,
         key_map: dict[str, str] | None = None,
         presets_map: dict[str, str] | None = None,
+        buckets: list[list[int]] | dict[str, Any] | None = None,
+        bucket_tail: BucketTail = "drop",
         **kwargs: Any,
     ) -> None:
         video_keys = (video_keys,) if isinstance(video_keys, str) else tuple(video_keys)
+        if bucket_tail not in BUCKET_TAILS:
+            raise ValueError(f"bucket_tail={bucket_tail!r} is unknown; use one of {BUCKET_TAILS}")
+        if buckets is not None and decode_on_device:
+            raise ValueError("buckets cut each clip to its bucket in the workers: use decode_on_device=False with buckets")
         _validate_video_args(sequence_length, img_size, video_keys, decoder_type, frame_stride, backend, short_video, decode_timeout_s)
         if decode_on_device and (backend != "torchcodec" or not normalize_on_device):
             raise ValueError(
@@ -113,6 +132,14 @@ class VideoWDSDataModule(WDSDataModule):
                 f"map each to its video member, e.g. key_map={{{missing[0]!r}: 'mp4', ...}}"
             )
         self.raw_keys = video_keys  # decoded by the clip transform, not by the member decoder table
+        clips = None
+        if buckets is not None:  # read by WDSDataModule's setup: the stream's plan
+            targets = targets_from(buckets, columns=(2, 3))
+            if targets.shape[1] == 2:
+                targets = np.concatenate([targets, np.full((len(targets), 1), sequence_length)], axis=1)
+            self.bucket_targets, self.bucket_tail = targets, bucket_tail
+            self.bucket_sizes_of = outputs[video_keys[0]]
+            clips = tuple((int(w), int(h), int(t)) for h, w, t in targets)
         super().__init__(
             datatags=datatags, batch_size=batch_size, key_map=key_map, presets_map=presets_map,
             num_workers=num_workers, normalize_on_device=normalize_on_device, **kwargs,
@@ -128,10 +155,29 @@ class VideoWDSDataModule(WDSDataModule):
             decoder_type=decoder_type, frame_stride=frame_stride, short_video=short_video,
             backend=backend, decode_timeout_s=decode_timeout_s, seed=self.seed,
             scale=not normalize_on_device, exact_resize=exact_resize, decode_on_device=decode_on_device,
+            bucket_clips=clips,
         )  # fmt: skip
 
     def sample_transform(self) -> VideoClipTransform:
         return self.clip_transform
+
+    def bucket_dims(self, index: ShardIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Each video's (W, H) and the longest clip it holds at ``frame_stride``, from the index (``fastgen index --sizes mp4``)."""
+        assert index.sizes is not None
+        if index.sizes.shape[1] != 3:
+            raise ValueError(
+                f"{index.url}: the index holds image sizes, and video buckets need frame counts; "
+                f"run `fastgen index --sizes {self.bucket_sizes_of} WDS:<location>` again"
+            )
+        sizes = index.sizes.astype(np.int64)
+        sizes[(sizes[:, :2] <= 0).any(axis=1), :2] = 1  # unknown: the squarest bucket; the reader judges the video
+        frames = sizes[:, 2]
+        # a clip of T frames spans (T - 1) * stride + 1 (uniform clips spread over the whole video)
+        longest = frames if self.decoder_type == "uniform" else np.where(frames > 0, (frames - 1) // self.frame_stride + 1, 0)
+        return sizes[:, 0], sizes[:, 1], longest
+
+    def bucket_dims_key(self) -> str:
+        return f"{super().bucket_dims_key()}:{self.decoder_type}:{self.frame_stride}"
 
     def decode_rows(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, list[Any]], dict[int, BaseException]]:
         values: dict[str, list[Any]] = {}

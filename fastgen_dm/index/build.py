@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Mapping, Sequence, cast
 import numpy as np
 
 from fastgen_dm.format.image import IMAGE_EXTENSIONS, image_size
+from fastgen_dm.format.mp4 import VIDEO_EXTENSIONS, video_dims
 from fastgen_dm.format.tensor_header import TENSOR_EXTENSIONS, tensor_shape
 from fastgen_dm.format.tar import BLOCK, INDEX_BLOCK_BYTES, ShardReadError, sample_members, scan_members
 from fastgen_dm.index.shard_index import KeyList, ShardIndex
@@ -35,21 +36,28 @@ UNKNOWN_SIZE = (0, 0)
 
 def check_sizes_key(sizes_of: str | None) -> None:
     """``sizes_of`` must be None or a member suffix ending in an image or tensor extension (``jpg``, ``latent.pth``)."""
-    if sizes_of is not None and sizes_of.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS | TENSOR_EXTENSIONS:
+    if sizes_of is not None and sizes_of.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS | TENSOR_EXTENSIONS | VIDEO_EXTENSIONS:
         raise ValueError(
-            f"sizes {sizes_of!r} is not the suffix of an image or a tensor member; give it as the member is named, "
-            f"e.g. --sizes jpg or --sizes latent.pth (images: {', '.join(sorted(IMAGE_EXTENSIONS))}; tensors: {', '.join(sorted(TENSOR_EXTENSIONS))})"
+            f"sizes {sizes_of!r} is not the suffix of an image, video or tensor member; give it as the member is named, "
+            f"e.g. --sizes jpg, --sizes mp4 or --sizes latent.pth (images: {', '.join(sorted(IMAGE_EXTENSIONS))}; "
+            f"videos: {', '.join(sorted(VIDEO_EXTENSIONS))}; tensors: {', '.join(sorted(TENSOR_EXTENSIONS))})"
         )
 
 
 def size_columns(sizes_of: str) -> int:
-    """Columns of the sizes of ``sizes_of`` members: (width, height) for images, (width, height, frames) for tensors."""
-    return 3 if sizes_of.rsplit(".", 1)[-1].lower() in TENSOR_EXTENSIONS else 2
+    """Columns of the sizes of ``sizes_of`` members: (width, height) for images, (width, height, frames) for videos and tensors."""
+    return 3 if sizes_of.rsplit(".", 1)[-1].lower() in TENSOR_EXTENSIONS | VIDEO_EXTENSIONS else 2
 
 
 def _member_size(source: RangeSource, url: str, key: str, data_offset: int, size: int, sizes_of: str) -> tuple[int, ...]:
     """The sizes of the member at ``data_offset`` (see :func:`size_columns`), reading its header only; zeros if unreadable."""
     extension = sizes_of.rsplit(".", 1)[-1].lower()
+    if extension in VIDEO_EXTENSIONS:
+        dims = video_dims(lambda start, end: source.read(data_offset + start, data_offset + end), size)
+        if dims is None:
+            logger.warning("%s: %s: no video track in its mp4 boxes; it is judged when read", url, key)
+            return (0, 0, 0)
+        return dims
     if extension in TENSOR_EXTENSIONS:
         for want in (min(SIZE_HEAD_BYTES, size), min(TENSOR_HEAD_BYTES, size)):  # a longer pickle is read again
             shape = tensor_shape(source.read(data_offset, data_offset + want), extension)
@@ -85,7 +93,9 @@ def index_shard(
     With ``sizes_of`` (a member suffix, e.g. ``"jpg"``), also each sample's image (width,
     height), from the first :data:`SIZE_HEAD_BYTES` of that member (its offset is known from the
     walk): a shard of 100 KB JPEGs is sized reading about 4% of it. Example:
-    ``index_shard("00000.tar", sizes_of="jpg").sizes[0]`` -> ``[640, 480]``. A tensor suffix
+    ``index_shard("00000.tar", sizes_of="jpg").sizes[0]`` -> ``[640, 480]``. A video suffix
+    (``mp4``, ``mov``, ``m4v``) gives (width, height, frames) from its boxes, never its media
+    data (:mod:`fastgen_dm.format.mp4`). A tensor suffix
     (``latent.pth``, ``npy``) gives (width, height, frames) of the tensor's shape ``(..., H, W)``
     or ``(C, T, H, W)``, from its file's header (:mod:`fastgen_dm.format.tensor_header`).
 

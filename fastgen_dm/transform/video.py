@@ -188,6 +188,9 @@ class VideoClipTransform:
             :class:`EncodedVideo` (no cropping parameters yet), and :meth:`clip` runs later with
             the device (``VideoWDSDataModule(decode_on_device=True)``). The clip's frames are the
             same, since its start is seeded by the sample's origin, not by the process.
+        bucket_clips: With buckets, each bucket's ``(width, height, sequence_length)``: a sample
+            drawn for bucket ``b`` (``origin.bucket``) is cut to ``bucket_clips[b]`` instead of
+            ``img_size`` and ``sequence_length``.
     """
 
     sequence_length: int = 81
@@ -203,6 +206,7 @@ class VideoClipTransform:
     interpolation: Interpolation = "bicubic"
     exact_resize: bool = True
     decode_on_device: bool = False
+    bucket_clips: tuple[tuple[int, int, int], ...] | None = None
     _draws: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -216,7 +220,7 @@ class VideoClipTransform:
             if self.decode_on_device:
                 out[key] = value
                 continue
-            clip, params = self.clip(value)
+            clip, params = self.clip(value, bucket=getattr(origin, "bucket", None))
             out[key] = scale_to_unit(clip) if self.scale else clip
             out["cropping_params" if len(self.video_keys) == 1 else f"{key}_cropping_params"] = params
         return out
@@ -228,8 +232,12 @@ class VideoClipTransform:
         self._draws[0] += 1
         return np.random.default_rng([self.seed, zlib.crc32(value), self._draws[0]])
 
-    def clip(self, value: EncodedVideo | bytes, device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict[str, int]]:
-        """One video's clip, uint8 [3, T, H, W] on ``device``, and its cropping parameters."""
+    def clip(self, value: EncodedVideo | bytes, device: torch.device | str = "cpu", bucket: int | None = None) -> tuple[torch.Tensor, dict[str, int]]:
+        """One video's clip, uint8 [3, T, H, W] on ``device``, and its cropping parameters (of ``bucket``'s shape with buckets)."""
+        img_size, sequence_length = self.img_size, self.sequence_length
+        if bucket is not None and self.bucket_clips is not None:
+            width, height, sequence_length = self.bucket_clips[bucket]
+            img_size = (width, height)
         data = value.data if isinstance(value, EncodedVideo) else value
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"a video member must arrive as bytes, got {type(data).__name__}")
@@ -237,7 +245,7 @@ class VideoClipTransform:
         with open_video(data, self.backend, timeout_s=self.decode_timeout_s, device=device) as video:
             for attempt in range(_RECOUNTS + 1):
                 indices = clip_indices(
-                    video.num_frames, self.sequence_length, decoder_type=self.decoder_type,
+                    video.num_frames, sequence_length, decoder_type=self.decoder_type,
                     frame_stride=self.frame_stride, short_video=self.short_video, rng=rng,
                 )  # fmt: skip
                 try:
@@ -246,4 +254,4 @@ class VideoClipTransform:
                 except FramesUnavailableError:  # fewer frames decode than were counted: choose again
                     if attempt == _RECOUNTS:
                         raise
-        return resize_crop(frames, self.img_size, self.interpolation, self.exact_resize)
+        return resize_crop(frames, img_size, self.interpolation, self.exact_resize)

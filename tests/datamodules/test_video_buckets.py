@@ -1,0 +1,72 @@
+"""Raw-video buckets: sizes and frame counts from the mp4 boxes, clips cut to their bucket at every step."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+
+import pytest
+from helpers import write_wds
+
+from fastgen_dm.datamodules.videos import VideoWDSDataModule
+from fastgen_dm.index.build import index_shard
+from fastgen_dm.plan.buckets import aspect_buckets
+from fastgen_dm.storage import ByteCounter
+
+PATTERN = "nullsrc=size={w}x{h}:rate=24,geq=r='mod(X*4+N*7+{s},256)':g='mod(Y*5+N*13,256)':b='mod(N*29+X+Y,256)'"
+# (width, height, frames): wide and long, wide and short, tall
+VIDEOS = [(64, 48, 20), (64, 48, 10), (48, 64, 12)]
+TARGETS = [[48, 64, 16], [48, 64, 8], [64, 48, 8]]  # (height, width, frames)
+
+
+def encode(path, width, height, frames, shift):
+    pattern = PATTERN.format(w=width, h=height, s=shift)
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", pattern, "-frames:v", str(frames),
+                    "-pix_fmt", "yuv420p", "-c:v", "libx264", str(path)], check=True)  # fmt: skip
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("video_buckets")
+    videos = [encode(root / f"v{k}.mp4", *dims, 30 * k) for k, dims in enumerate(VIDEOS)]
+    samples = [{"__key__": f"{n:04d}", "mp4": videos[n % 3], "txt": f"video {n}".encode()} for n in range(18)]
+    (root / "shards").mkdir()
+    write_wds(root / "shards" / "00000.tar", samples)
+    return root / "shards"
+
+
+def test_the_index_holds_each_videos_size_and_frames_without_reading_its_media(shards):
+    plain, sized = ByteCounter(), ByteCounter()
+    index_shard(str(shards / "00000.tar"), counter=plain)
+    index = index_shard(str(shards / "00000.tar"), counter=sized, sizes_of="mp4")
+    assert index.sizes.tolist() == [list(VIDEOS[n % 3]) for n in range(18)]
+    assert sized.bytes_read - plain.bytes_read <= 18 * 4096 + 18 * 2 * 2048  # the head and the moov of each
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_step_is_one_bucket_of_clips_cut_to_it(shards, tmp_path, num_workers):
+    dm = VideoWDSDataModule(
+        datatags=[f"WDS:{shards}"], batch_size=2, buckets=TARGETS, index_dir=str(tmp_path / "index"),
+        num_workers=num_workers, backend="pyav", shuffle=False,
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    delivered = Counter()
+    for batch in dm.train_dataloader():
+        height, width, frames = TARGETS[batch["bucket"]]
+        assert list(batch["real"].shape) == [2, 3, frames, height, width]
+        assert batch["cropping_params"]["crop_w"].tolist() == [width] * 2
+        delivered.update(int(k) % 3 for k in batch["fname"])
+    # the long wide videos fill 16-frame clips, the short ones 8-frame clips, the tall ones theirs
+    assert delivered == {0: 6, 1: 6, 2: 6}
+
+
+def test_buckets_exclude_device_decoding_and_need_frame_counts(shards, tmp_path):
+    with pytest.raises(ValueError, match="^buckets cut each clip to its bucket in the workers: use decode_on_device=False with buckets$"):
+        VideoWDSDataModule(datatags=["WDS:x"], buckets=TARGETS, decode_on_device=True)
+    with pytest.raises(ValueError, match=r"^buckets=\[\[1, 2, 3, 4\]\]: give \[\[height, width\(, frames\)\], \.\.\.\]"):
+        VideoWDSDataModule(datatags=["WDS:x"], buckets=[[1, 2, 3, 4]])
+    dm = VideoWDSDataModule(datatags=[f"WDS:{shards}"], batch_size=2, buckets={"ratios": 3, "pixels": 64 * 48, "multiple": 16, "frames": [8]}, index_dir=str(tmp_path / "i"))
+    assert dm.bucket_targets.tolist() == aspect_buckets(3, 64 * 48, multiple=16, frames=[8]).tolist()
+    assert VideoWDSDataModule(datatags=["WDS:x"], buckets=[[48, 64]], sequence_length=12).bucket_targets.tolist() == [[48, 64, 12]]
