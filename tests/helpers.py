@@ -40,6 +40,18 @@ class DestroyProcessGroup(lightning.Callback):
             torch.distributed.destroy_process_group()
 
 
+class RecordBuckets(lightning.Callback):
+    """Each rank's (epoch, batch index, bucket, shape of ``real``) per training batch, one JSON line each."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"buckets{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps([trainer.current_epoch, batch_idx, batch["bucket"], list(batch["real"].shape)]) + "\n")
+
+
 def global_streams(record_dir: Path) -> dict[int, list[list]]:
     """From LoaderProbe's records, per epoch: the global steps, each the ranks' batches joined in rank order."""
     per_rank = {}

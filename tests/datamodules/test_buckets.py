@@ -6,11 +6,10 @@ import io
 import json
 from collections import Counter
 
-import lightning
 import numpy as np
 import PIL.Image
 import pytest
-from helpers import fit_probe, flat, global_streams, write_wds
+from helpers import RecordBuckets, fit_probe, flat, global_streams, write_wds
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fastgen_dm.datamodules.images import ImageWDSDataModule
@@ -110,18 +109,6 @@ def test_missing_sizes_are_one_line_naming_the_fix(shards, tmp_path):
     with pytest.raises(ValueError, match=r"^buckets need each sample's size.*run `fastgen index --sizes jpg WDS:") as err:
         with_buckets.setup("fit")
     assert "\n" not in str(err.value)
-
-
-class RecordBuckets(lightning.Callback):
-    """Each rank's (epoch, bucket, shape) per training batch, one JSON line each."""
-
-    def __init__(self, folder):
-        self.folder = folder
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / f"buckets{trainer.global_rank}.jsonl", "a") as f:
-            f.write(json.dumps([trainer.current_epoch, batch_idx, batch["bucket"], list(batch["real"].shape)]) + "\n")
 
 
 def test_ddp_ranks_share_each_steps_bucket_and_a_resume_on_one_gpu_loses_and_repeats_nothing(shards, tmp_path):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from helpers import write_wds
+from helpers import RecordBuckets, fit_probe, flat, global_streams, write_wds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -135,3 +136,28 @@ def test_latent_bucket_arguments_are_one_line_errors(latents, tmp_path):
     plain.prepare_data()  # an index without sizes
     with pytest.raises(ValueError, match=r"^buckets need each sample's size.*run `fastgen index --sizes latent.pth WDS:"):
         make(ImageLatentDataModule, latents, tmp_path)
+
+
+def test_two_ddp_ranks_take_each_step_from_one_latent_bucket_cut_to_its_shape(tmp_path):
+    # (C, T, H, W) video latents: square and long, square and short, wide
+    shapes = [(2, 9, 8, 8), (2, 5, 8, 8), (2, 5, 6, 12)]
+    targets = [[8, 8, 8], [8, 8, 4], [6, 12, 4]]
+    samples = [
+        {"__key__": f"{k:04d}", "latent.pth": saved(torch.full(shapes[k % 3], float(k))), "txt_emb.pth": saved(torch.zeros(3))}
+        for k in range(36)
+    ]
+    (tmp_path / "v").mkdir()
+    write_wds(tmp_path / "v" / "00000.tar", samples)
+    dm = VideoLatentDataModule(
+        datatags=[f"WDS:{tmp_path / 'v'}"], batch_size=2, buckets=targets, index_dir=str(tmp_path / "index"), num_workers=1, seed=5,
+    )  # fmt: skip
+    fit_probe(dm, tmp_path / "run", devices=2, callbacks=[RecordBuckets(tmp_path / "run")])  # two epochs
+    ranks = [[json.loads(line) for line in (tmp_path / "run" / f"buckets{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2 * 9  # 12 latents a bucket: 3 global steps of 2 x 2 each
+    for step0, step1 in zip(*ranks):
+        assert step0 == step1  # the same bucket and shape on both ranks at every step
+        height, width, frames = targets[step0[2]]
+        assert step0[3] == [2, 2, frames, height, width]
+    assert Counter(step[2] for step in ranks[0]) == {0: 6, 1: 6, 2: 6}
+    for steps in global_streams(tmp_path / "run").values():
+        assert len(set(flat(steps))) == len(flat(steps)) == 36  # each latent once an epoch
