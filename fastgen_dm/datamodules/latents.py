@@ -44,13 +44,8 @@ class _BucketedLatents(WDSDataModule):
 
     def bucket_dims(self, index: ShardIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The latent's (W, H[, T]) from the index (``fastgen index --sizes latent.pth``); unknown: 1 x 1, judged when read."""
-        assert index.sizes is not None and self.bucket_targets is not None
-        if index.sizes.shape[1] != 3:
-            raise ValueError(
-                f"{index.url}: the index holds image sizes, and latent buckets need tensor shapes; "
-                f"run `fastgen index --sizes {self.bucket_sizes_of} WDS:<location>` again"
-            )
-        sizes = index.sizes.astype(np.int64)
+        assert self.bucket_sizes_of is not None and self.bucket_targets is not None
+        sizes = index.sizes_for(self.bucket_sizes_of, 3).astype(np.int64)
         sizes[(sizes[:, :2] <= 0).any(axis=1), :2] = 1
         return sizes[:, 0], sizes[:, 1], sizes[:, 2] if self.bucket_targets.shape[1] == 3 else None
 

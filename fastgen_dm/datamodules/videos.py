@@ -163,13 +163,8 @@ class VideoWDSDataModule(WDSDataModule):
 
     def bucket_dims(self, index: ShardIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Each video's (W, H) and the longest clip it holds at ``frame_stride``, from the index (``fastgen index --sizes mp4``)."""
-        assert index.sizes is not None
-        if index.sizes.shape[1] != 3:
-            raise ValueError(
-                f"{index.url}: the index holds image sizes, and video buckets need frame counts; "
-                f"run `fastgen index --sizes {self.bucket_sizes_of} WDS:<location>` again"
-            )
-        sizes = index.sizes.astype(np.int64)
+        assert self.bucket_sizes_of is not None
+        sizes = index.sizes_for(self.bucket_sizes_of, 3).astype(np.int64)
         sizes[(sizes[:, :2] <= 0).any(axis=1), :2] = 1  # unknown: the squarest bucket; the reader judges the video
         frames = sizes[:, 2]
         # a clip of T frames spans (T - 1) * stride + 1 (uniform clips spread over the whole video)

@@ -49,6 +49,22 @@ def size_columns(sizes_of: str) -> int:
     return 3 if sizes_of.rsplit(".", 1)[-1].lower() in TENSOR_EXTENSIONS | VIDEO_EXTENSIONS else 2
 
 
+def _has_sizes_of(index: ShardIndex, sizes_of: str) -> bool:
+    """Whether ``index`` holds the sizes of its ``sizes_of`` members (see :meth:`ShardIndex.sizes_for`)."""
+    try:
+        index.sizes_for(sizes_of, size_columns(sizes_of))
+    except ValueError:
+        return False
+    return True
+
+
+def _reused(index: ShardIndex, sizes_of: str | None) -> ShardIndex:
+    """``index`` kept for a new index of ``sizes_of``: an older one's sizes now name their member."""
+    if sizes_of is None or index.sizes_of == sizes_of:
+        return index
+    return ShardIndex(index.url, index.size, index.keys, index.starts, index.ends, index.truncated_at, index.sizes, sizes_of, validate=False)
+
+
 def _member_size(source: RangeSource, url: str, key: str, data_offset: int, size: int, sizes_of: str) -> tuple[int, ...]:
     """The sizes of the member at ``data_offset`` (see :func:`size_columns`), reading its header only; zeros if unreadable."""
     extension = sizes_of.rsplit(".", 1)[-1].lower()
@@ -149,7 +165,7 @@ def index_shard(
             columns = size_columns(sizes_of)
             unknown = (0,) * columns
             sizes = np.array([_member_size(source, url, key, *images[k], sizes_of) if k in images else unknown for k, key in enumerate(keys)], np.int32).reshape(-1, columns)
-    return ShardIndex(url, size, KeyList.from_strings(keys), np.array(starts, np.int64), np.array(ends, np.int64), truncated_at, sizes)
+    return ShardIndex(url, size, KeyList.from_strings(keys), np.array(starts, np.int64), np.array(ends, np.int64), truncated_at, sizes, sizes_of)
 
 
 def index_shards(
@@ -197,12 +213,9 @@ def index_shards(
         twice = sorted({u for u in urls if urls.count(u) > 1})
         raise ValueError(f"urls lists {twice[:3]} more than once; each shard must appear once")
     check_sizes_key(sizes_of)
-    # an unchanged shard is reused only if it has what is asked for
-    # an old index is reused only when it has the sizes asked for (as many columns: images or tensors)
-    previous = {
-        url: old for url, old in (previous or {}).items()
-        if sizes_of is None or (old.sizes is not None and old.sizes.shape[1] == size_columns(sizes_of))
-    }  # fmt: skip
+    # an unchanged shard is reused only if it has the sizes asked for: of the same member (an
+    # index from before the member was recorded: as many columns, images or videos and tensors)
+    previous = {url: _reused(old, sizes_of) for url, old in (previous or {}).items() if sizes_of is None or _has_sizes_of(old, sizes_of)}
     results: list[ShardIndex | None] = [None] * len(urls)
     local: list[int] = []
     remote: list[int] = []

@@ -186,7 +186,7 @@ def resolve_datatag(
                     "%s is damaged at byte %d: this run reads only its %d samples before that; the rest are lost "
                     "until the shard is rewritten and indexed again (`fastgen index`)", file.url, index.truncated_at, index.count,
                 )  # fmt: skip
-            index = ShardIndex(file.url, index.size, index.keys, index.starts, index.ends, None, index.sizes, validate=False).without(ignored)
+            index = ShardIndex(file.url, index.size, index.keys, index.starts, index.ends, None, index.sizes, index.sizes_of, validate=False).without(ignored)
             shards.append(Shard(file.url, file.size, index.count, index, ignored))
         elif name in counts:
             shards.append(Shard(file.url, file.size, max(counts[name] - len(ignored), 0), None, ignored))

@@ -17,6 +17,7 @@ so an index of 10^9 samples costs about 24 bytes plus the key per sample, and a 
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import Collection, Iterable, Iterator, Sequence, overload
 
@@ -127,6 +128,8 @@ class ShardIndex:
             height, frames) (``--sizes latent.pth``; frames 0 for a tensor of fewer than 4
             dimensions); zeros where the sample has no such member or its header is
             unreadable. Buckets need it.
+        sizes_of: The member suffix ``sizes`` were read from (``"jpg"``, ``"mp4"``,
+            ``"latent.pth"``); None for indexes written before it was recorded.
         validate: Check every range (O(count)); a store that checked them when it was written
             passes False so that loading costs O(shards), and only the first and last ranges
             are checked.
@@ -139,6 +142,7 @@ class ShardIndex:
     ends: np.ndarray = field(repr=False)
     truncated_at: int | None = None
     sizes: np.ndarray | None = field(default=None, repr=False)
+    sizes_of: str | None = None
     _: KW_ONLY
     validate: InitVar[bool] = True
 
@@ -185,7 +189,28 @@ class ShardIndex:
             return self
         kept = KeyList.from_strings(key for key, k in zip(self.keys, keep) if k)
         sizes = None if self.sizes is None else self.sizes[keep]
-        return ShardIndex(self.url, self.size, kept, self.starts[keep], self.ends[keep], self.truncated_at, sizes)
+        return ShardIndex(self.url, self.size, kept, self.starts[keep], self.ends[keep], self.truncated_at, sizes, self.sizes_of)
+
+    def sizes_for(self, sizes_of: str, columns: int) -> np.ndarray:
+        """``sizes`` as read from the ``sizes_of`` members, ``columns`` wide (2: images; 3: videos, tensors).
+
+        Example: an index built with ``sizes_of="latent.pth"`` -> its (count, 3) sizes for
+        ``sizes_for("latent.pth", 3)``; ``sizes_for("mp4", 3)`` raises (another member's sizes).
+
+        Raises:
+            ValueError: No sizes, or those of another member (or, for an index that does not
+                record its member, another number of columns); the message gives the command
+                that rebuilds it.
+        """
+        rebuild = f"run `fastgen index --sizes {sizes_of} WDS:{posixpath.dirname(self.url)}` again"
+        if self.sizes is None:
+            raise ValueError(f"{self.url}: the index holds no sizes, and these buckets need those of its {sizes_of!r} members; {rebuild}")
+        if self.sizes_of is not None and self.sizes_of != sizes_of:
+            raise ValueError(f"{self.url}: the index holds the sizes of its {self.sizes_of!r} members, and these buckets need those of {sizes_of!r}; {rebuild}")
+        if self.sizes.shape[1] != columns:
+            held, need = ("(width, height, frames)", "(width, height)") if columns == 2 else ("(width, height)", "(width, height, frames)")
+            raise ValueError(f"{self.url}: the index holds {held} sizes, and these buckets need {need} of its {sizes_of!r} members; {rebuild}")
+        return self.sizes
 
 
 def _read_only_int64(values: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -7,15 +7,16 @@ Layout (``fastgen_index.fgi``)::
     bytes 12..19   header length H, uint64 LE
     bytes 20..     header: UTF-8 JSON of O(shards) metadata
                    {"shards": [{"url", "size", "count", "truncated_at"}, ...],
-                    "arrays": {"<name>": {"dtype": "<i8", "offset": int, "length": int}, ...}}
+                    "arrays": {"<name>": {"dtype": "<i8", "offset": int, "length": int}, ...},
+                    "sizes_of": "<member suffix of the sizes>" (with sizes; older files lack it)}
     then, each at an offset aligned to 64 bytes, the arrays
       first      int64 (shards + 1,): shard s holds samples first[s] .. first[s + 1] - 1
       starts     int64 (samples,)   ends  int64 (samples,)
       key_offsets int64 (samples + 1,): key i is keys[key_offsets[i] : key_offsets[i + 1]]
       keys       uint8 (key bytes,): the UTF-8 keys, concatenated
       sizes      int32 (samples * 2,) or (samples * 3,), optional: each sample's image (width,
-                 height) or tensor (width, height, frames), written when every shard has the
-                 same kind (``fastgen index --sizes``); older files lack it
+                 height) or video or tensor (width, height, frames), written when every shard
+                 has those of one member (``fastgen index --sizes``); older files lack it
 
 A local file is memory-mapped: loading costs O(shards) (the JSON and ``first``), and a process
 touches only the pages of the shards it reads, pages that every process on the node shares
@@ -65,16 +66,18 @@ def save_index(path: str, shards: Sequence[ShardIndex], storage_options: Mapping
         "key_offsets": (np.int64, samples + 1),
         "keys": (np.uint8, sum(blob.size for blob, _ in compact)),
     }
-    # all or none: a loaded index either knows every sample's size or none
-    columns = {0 if shard.sizes is None else int(shard.sizes.shape[1]) for shard in shards}
-    with_sizes = len(columns) == 1 and 0 not in columns
+    # all or none: a loaded index either knows every sample's size, of one member, or none
+    kinds = {(0, None) if shard.sizes is None else (int(shard.sizes.shape[1]), shard.sizes_of) for shard in shards}
+    with_sizes = len(kinds) == 1 and (0, None) not in kinds
+    sizes_of = None
     if with_sizes:
-        lengths["sizes"] = (np.int32, columns.pop() * samples)
+        columns, sizes_of = kinds.pop()
+        lengths["sizes"] = (np.int32, columns * samples)
     meta = [
         {"url": shard.url, "size": shard.size, "count": shard.count, "truncated_at": shard.truncated_at}
         for shard in shards
     ]
-    table, header, total = _layout(meta, lengths)
+    table, header, total = _layout(meta, lengths, {} if sizes_of is None else {"sizes_of": sizes_of})
     first = np.zeros(len(shards) + 1, dtype=np.int64)
     np.cumsum(counts, out=first[1:])
 
@@ -116,8 +119,8 @@ def save_index(path: str, shards: Sequence[ShardIndex], storage_options: Mapping
         write(f)
 
 
-def _layout(meta: list[dict[str, Any]], lengths: Mapping[str, tuple[Any, int]]) -> tuple[dict[str, dict[str, Any]], bytes, int]:
-    """The array table, the encoded preamble + header, and the file size; arrays follow the header at aligned offsets."""
+def _layout(meta: list[dict[str, Any]], lengths: Mapping[str, tuple[Any, int]], extra: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], bytes, int]:
+    """The array table, the encoded preamble + header (with the ``extra`` fields), and the file size; arrays follow the header at aligned offsets."""
     offset = 0  # header length depends on the offsets' digits: place arrays, encode, repeat until stable
     while True:
         table, at = {}, offset
@@ -125,7 +128,7 @@ def _layout(meta: list[dict[str, Any]], lengths: Mapping[str, tuple[Any, int]]) 
             at = -(-at // _ALIGN) * _ALIGN
             table[name] = {"dtype": np.dtype(dtype).newbyteorder("<").str, "offset": at, "length": length}
             at += length * np.dtype(dtype).itemsize
-        body = json.dumps({"shards": meta, "arrays": table}, separators=(",", ":")).encode()
+        body = json.dumps({"shards": meta, "arrays": table, **extra}, separators=(",", ":")).encode()
         header = _PREAMBLE.pack(MAGIC, VERSION, len(body)) + body
         if len(header) <= offset:
             return table, header, at
@@ -165,7 +168,7 @@ def load_index(path: str, storage_options: Mapping[str, Any] | None = None) -> d
     try:
         doc = json.loads(data[_PREAMBLE.size : end].tobytes())
         arrays = {name: _array(data, spec, path) for name, spec in doc["arrays"].items()}
-        return _shards(doc["shards"], arrays, path)
+        return _shards(doc["shards"], arrays, path, doc.get("sizes_of"))
     except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: corrupt shard index header ({type(err).__name__}: {err}); {_REBUILD}") from err
 
@@ -179,7 +182,7 @@ def _array(data: np.ndarray, spec: Mapping[str, Any], path: str) -> np.ndarray:
     return data[start:stop].view(dtype)
 
 
-def _shards(meta: list[dict[str, Any]], arrays: dict[str, np.ndarray], path: str) -> dict[str, ShardIndex]:
+def _shards(meta: list[dict[str, Any]], arrays: dict[str, np.ndarray], path: str, sizes_of: str | None) -> dict[str, ShardIndex]:
     first, key_offsets, keys = arrays["first"], arrays["key_offsets"], arrays["keys"]
     starts, ends = arrays["starts"], arrays["ends"]
     sizes = None
@@ -197,7 +200,7 @@ def _shards(meta: list[dict[str, Any]], arrays: dict[str, np.ndarray], path: str
         try:
             out[m["url"]] = ShardIndex(
                 m["url"], int(m["size"]), KeyList(keys, key_offsets[a : b + 1]), starts[a:b], ends[a:b], m["truncated_at"],
-                None if sizes is None else sizes[a:b], validate=False,
+                None if sizes is None else sizes[a:b], None if sizes is None else sizes_of, validate=False,
             )  # fmt: skip
         except ValueError as err:
             raise ValueError(f"{path}: bad entry for shard {m['url']!r}: {err}; {_REBUILD}") from err

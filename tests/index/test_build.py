@@ -319,3 +319,20 @@ def test_index_shards_raises_on_a_damaged_shard(tmp_path, intact):
 def test_index_shards_arguments(urls, threads, processes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         index_shards(urls, num_threads=threads, show_progress=False, num_processes=processes)
+
+
+def test_an_index_is_reused_only_with_the_sizes_of_the_member_asked_for(tmp_path, monkeypatch):
+    url = write_wds(tmp_path / "00000.tar", latent_samples(3))
+    calls = []
+    real = build.index_shard
+    monkeypatch.setattr(build, "index_shard", lambda url, *a, **kw: calls.append(kw.get("sizes_of")) or real(url, *a, **kw))
+    first = index_shards([url], show_progress=False, sizes_of="latent.pth")
+    assert first[0].sizes_of == "latent.pth" and first[0].sizes.shape == (3, 3)
+    previous = {url: first[0]}
+    assert index_shards([url], show_progress=False, previous=previous, sizes_of="latent.pth")[0] is first[0]
+    assert index_shards([url], show_progress=False, previous=previous)[0] is first[0]  # no sizes asked for
+    again = index_shards([url], show_progress=False, previous=previous, sizes_of="mp4")  # three columns too, of another member
+    assert calls == ["latent.pth", "mp4"] and again[0].sizes_of == "mp4"
+    legacy = build.ShardIndex(url, first[0].size, first[0].keys, first[0].starts, first[0].ends, None, first[0].sizes)
+    reused = index_shards([url], show_progress=False, previous={url: legacy}, sizes_of="latent.pth")[0]
+    assert len(calls) == 2 and reused.sizes_of == "latent.pth"  # an older index of as many columns, now naming its member

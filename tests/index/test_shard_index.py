@@ -76,3 +76,21 @@ def test_a_key_slice_pickles_only_its_own_keys():
     assert len(pickle.dumps(part)) < 1_000 < len(pickle.dumps(keys))
     again = pickle.loads(pickle.dumps(part))
     assert again == ("00000010", "00000011") and again.offsets[0] == 0
+
+
+def test_sizes_for_names_the_member_its_sizes_are_of_and_the_command_that_rebuilds_them():
+    sized = ShardIndex("/d/00000.tar", 3072, ("a", "b"), [0, 1024], [1024, 2048], sizes=[[8, 6, 4], [8, 6, 0]], sizes_of="latent.pth")
+    assert sized.sizes_for("latent.pth", 3).tolist() == [[8, 6, 4], [8, 6, 0]]
+    assert sized.without({"b"}).sizes_of == "latent.pth"
+    legacy = ShardIndex("/d/00000.tar", 3072, ("a", "b"), [0, 1024], [1024, 2048], sizes=[[8, 6], [4, 4]])  # no member recorded
+    bare = ShardIndex("/d/00000.tar", 3072, ("a", "b"), [0, 1024], [1024, 2048])
+    assert legacy.sizes_for("jpg", 2).tolist() == [[8, 6], [4, 4]]
+    rebuild = "; run `fastgen index --sizes mp4 WDS:/d` again"
+    cases = [
+        (sized, "/d/00000.tar: the index holds the sizes of its 'latent.pth' members, and these buckets need those of 'mp4'"),
+        (legacy, "/d/00000.tar: the index holds (width, height) sizes, and these buckets need (width, height, frames) of its 'mp4' members"),
+        (bare, "/d/00000.tar: the index holds no sizes, and these buckets need those of its 'mp4' members"),
+    ]
+    for index, message in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(message + rebuild)}$"):
+            index.sizes_for("mp4", 3)

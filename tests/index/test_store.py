@@ -144,3 +144,21 @@ def test_load_index_errors_name_the_file(tmp_path, intact, damage, message):
 def test_load_index_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_index(str(tmp_path / "nope.fgi"))
+
+
+def test_sizes_keep_the_member_they_are_of_and_older_files_without_it_load(tmp_path):
+    def shard(name, sizes=None, sizes_of=None):
+        return ShardIndex(f"/d/{name}.tar", 2048, ("a",), [0], [1024], sizes=sizes, sizes_of=sizes_of)
+
+    path = str(tmp_path / "i.fgi")
+    save_index(path, [shard("0", [[8, 6, 4]], "mp4"), shard("1", [[4, 4, 2]], "mp4")])
+    loaded = load_index(path)
+    assert [(s.sizes.tolist(), s.sizes_of) for s in loaded.values()] == [([[8, 6, 4]], "mp4"), ([[4, 4, 2]], "mp4")]
+    assert header(path)[2]["sizes_of"] == "mp4"
+    save_index(path, [shard("0", [[8, 6]]), shard("1", [[4, 4]])])  # as written before the member was recorded
+    assert "sizes_of" not in header(path)[2]
+    assert [(s.sizes.tolist(), s.sizes_of) for s in load_index(path).values()] == [([[8, 6]], None), ([[4, 4]], None)]
+    # all or none: sizes of two members (or of some shards only) are not written
+    for shards in ([shard("0", [[8, 6, 4]], "mp4"), shard("1", [[4, 4, 2]], "latent.pth")], [shard("0", [[8, 6]], "jpg"), shard("1")]):
+        save_index(path, shards)
+        assert all(s.sizes is None and s.sizes_of is None for s in load_index(path).values())
