@@ -161,3 +161,21 @@ def test_two_ddp_ranks_take_each_step_from_one_latent_bucket_cut_to_its_shape(tm
     assert Counter(step[2] for step in ranks[0]) == {0: 6, 1: 6, 2: 6}
     for steps in global_streams(tmp_path / "run").values():
         assert len(set(flat(steps))) == len(flat(steps)) == 36  # each latent once an epoch
+
+
+def test_fastgen_index_sizes_latent_pth_then_show_draws_one_batch_per_latent_bucket(latents, tmp_path, capsys):
+    import shutil
+
+    from fastgen_dm.cli.main import main
+
+    folder = tmp_path / "latents"
+    shutil.copytree(latents, folder)
+    assert main(["index", "--sizes", "latent.pth", f"WDS:{folder}"]) == 0
+    assert {s.sizes_of for s in load_index(str(folder / "fastgen_index.fgi")).values()} == {"latent.pth"}
+    out = tmp_path / "buckets.png"
+    code = main([
+        "show", "--data", "ImageLatentDataModule", "--data.datatags", json.dumps([f"WDS:{folder}"]), "--data.buckets", json.dumps(TARGETS),
+        "--data.batch_size", "4", "--data.num_workers", "0", "--data.index_dir", str(tmp_path / "index"), "--per-bucket", "--out", str(out),
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "bucket 0: real [4, 4, 32, 32]" in printed and "bucket 1: real [4, 4, 24, 48]" in printed and out.stat().st_size > 0

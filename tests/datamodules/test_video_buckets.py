@@ -9,6 +9,7 @@ import pytest
 from helpers import write_wds
 
 from fastgen_dm.datamodules.videos import VideoWDSDataModule
+from fastgen_dm.format.mp4 import HEAD_BYTES
 from fastgen_dm.index.build import index_shard
 from fastgen_dm.plan.buckets import aspect_buckets
 from fastgen_dm.storage import ByteCounter
@@ -70,3 +71,38 @@ def test_buckets_exclude_device_decoding_and_need_frame_counts(shards, tmp_path)
     dm = VideoWDSDataModule(datatags=[f"WDS:{shards}"], batch_size=2, buckets={"ratios": 3, "pixels": 64 * 48, "multiple": 16, "frames": [8]}, index_dir=str(tmp_path / "i"))
     assert dm.bucket_targets.tolist() == aspect_buckets(3, 64 * 48, multiple=16, frames=[8]).tolist()
     assert VideoWDSDataModule(datatags=["WDS:x"], buckets=[[48, 64]], sequence_length=12).bucket_targets.tolist() == [[48, 64, 12]]
+
+
+def test_a_video_whose_moov_follows_its_media_is_sized_from_its_head_and_moov_alone(tmp_path):
+    noise = "nullsrc=size=128x96:rate=24,geq=r='random(1)*255':g='mod(Y*5+N*13,256)':b='mod(N*29+X+Y,256)'"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", noise, "-frames:v", "120",
+                    "-pix_fmt", "yuv420p", "-c:v", "libx264", str(tmp_path / "v.mp4")], check=True)  # fmt: skip
+    video = (tmp_path / "v.mp4").read_bytes()
+    moov_at = video.index(b"moov") - 4
+    moov_bytes = int.from_bytes(video[moov_at : moov_at + 4], "big")
+    assert moov_at > len(video) // 2  # ffmpeg writes the moov last unless told to move it
+    write_wds(tmp_path / "00000.tar", [{"__key__": f"{k:02d}", "mp4": video, "txt": b"x"} for k in range(8)])
+    plain, sized = ByteCounter(), ByteCounter()
+    index_shard(str(tmp_path / "00000.tar"), counter=plain)
+    index = index_shard(str(tmp_path / "00000.tar"), counter=sized, sizes_of="mp4")
+    assert index.sizes.tolist() == [[128, 96, 120]] * 8 and index.sizes_of == "mp4"
+    per_video = (sized.bytes_read - plain.bytes_read) / 8
+    # the first 4 KiB, the header of the mdat past them, the moov: 5.6 KB of a 470 KB video
+    assert per_video <= HEAD_BYTES + 16 + moov_bytes and per_video < len(video) / 50
+
+
+def test_fastgen_index_sizes_mp4_writes_an_index_video_buckets_read(shards, tmp_path, capsys):
+    import shutil
+
+    from fastgen_dm.cli.main import main
+
+    folder = tmp_path / "shards"
+    shutil.copytree(shards, folder)
+    assert main(["index", "--sizes", "mp4", f"WDS:{folder}"]) == 0
+    dm = VideoWDSDataModule(datatags=[f"WDS:{folder}"], batch_size=2, buckets=TARGETS, num_workers=0, backend="pyav", index_dir=str(tmp_path / "i"))
+    dm.setup("fit")  # no prepare_data: the location's own index has the sizes
+    assert {batch["bucket"] for batch in dm.train_dataloader()} == {0, 1, 2}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["index", "--sizes", "txt", f"WDS:{folder}"])
+    assert exit_info.value.code == 2
+    assert "videos: m4v, mov, mp4" in capsys.readouterr().err
