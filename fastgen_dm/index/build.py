@@ -32,6 +32,7 @@ SIZE_HEAD_BYTES = 4096
 #: a tensor file's header is read from its first SIZE_HEAD_BYTES, else from this many (torch.save's pickle of one tensor: ~300)
 TENSOR_HEAD_BYTES = 65536
 UNKNOWN_SIZE = (0, 0)
+_INT32_MAX = 2**31 - 1
 
 
 def check_sizes_key(sizes_of: str | None) -> None:
@@ -67,6 +68,14 @@ def _reused(index: ShardIndex, sizes_of: str | None) -> ShardIndex:
 
 def _member_size(source: RangeSource, url: str, key: str, data_offset: int, size: int, sizes_of: str) -> tuple[int, ...]:
     """The sizes of the member at ``data_offset`` (see :func:`size_columns`), reading its header only; zeros if unreadable."""
+    dims = _header_dims(source, url, key, data_offset, size, sizes_of)
+    if not all(0 <= v <= _INT32_MAX for v in dims):  # a header may claim anything; the index holds int32
+        logger.warning("%s: %s: its header claims the size %s; it is judged when read", url, key, dims)
+        return (0,) * len(dims)
+    return dims
+
+
+def _header_dims(source: RangeSource, url: str, key: str, data_offset: int, size: int, sizes_of: str) -> tuple[int, ...]:
     extension = sizes_of.rsplit(".", 1)[-1].lower()
     if extension in VIDEO_EXTENSIONS:
         dims = video_dims(lambda start, end: source.read(data_offset + start, data_offset + end), size)

@@ -179,3 +179,12 @@ def test_fastgen_index_sizes_latent_pth_then_show_draws_one_batch_per_latent_buc
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0 and "bucket 0: real [4, 4, 32, 32]" in printed and "bucket 1: real [4, 4, 24, 48]" in printed and out.stat().st_size > 0
+
+
+def test_a_header_claiming_a_size_past_int32_is_unknown_not_an_error(tmp_path):
+    real = io.BytesIO()
+    np.save(real, np.zeros((4, 5, 6), np.float16))
+    claims = real.getvalue().replace(b"'shape': (4, 5, 6), ", b"'shape': (4, 5, 3000000000), ")  # a header lying about its data
+    assert tensor_shape(claims, "npy") == (4, 5, 3000000000)
+    write_wds(tmp_path / "00000.tar", [{"__key__": "a", "latent.npy": claims}, {"__key__": "b", "latent.npy": real.getvalue()}])
+    assert index_shard(str(tmp_path / "00000.tar"), sizes_of="latent.npy").sizes.tolist() == [[0, 0, 0], [6, 5, 0]]

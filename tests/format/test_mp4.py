@@ -76,3 +76,43 @@ def test_no_bytes_make_it_raise(videos, noise, at):
     for candidate in (noise, data[:at] + noise + data[at + len(noise) :], b"\x00\x00\x00\x08moov" + noise):
         result = dims(candidate)
         assert result is None or all(isinstance(v, int) and v >= 0 for v in result)
+
+
+def box(kind, body=b""):
+    return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+
+def test_a_64_bit_box_size_is_followed_and_bombs_are_no_size_read_in_bounded_bytes(videos):
+    data = videos["moov_last"]
+    mdat = data.index(b"mdat") - 4
+    assert data[mdat - 8 : mdat] == box(b"free")  # ffmpeg's room to widen the mdat header
+    mdat_bytes = int.from_bytes(data[mdat : mdat + 4], "big")
+    wide = data[: mdat - 8] + (1).to_bytes(4, "big") + b"mdat" + (mdat_bytes + 8).to_bytes(8, "big") + data[mdat + 8 :]
+    assert dims(wide) == (64, 48, 30)  # the same boxes, the mdat with a 64-bit size
+    deep = box(b"trak")
+    for _ in range(50):
+        deep = box(b"trak", deep)
+    many = b"".join(box(b"free") for _ in range(20_000))
+    huge = box(b"ftyp", b"isom") + (200 << 20).to_bytes(4, "big") + b"moov"  # claims 200 MiB
+    for bomb, size in [(box(b"moov", deep), None), (many + box(b"moov"), None), (huge, 300 << 20)]:
+        reads = []
+        assert video_dims(lambda a, b, bomb=bomb, reads=reads: reads.append(b - a) or bomb[a:b].ljust(b - a, b"\0"), size or len(bomb)) is None
+        assert sum(reads) < 1 << 20  # never the 200 MiB moov; the free boxes' headers one at a time
+
+
+def test_a_frame_count_past_int32_is_no_size_in_the_index(videos, tmp_path):
+    from helpers import write_wds
+
+    from fastgen_dm.index.build import index_shard
+
+    data = bytearray(videos["moov_first"])
+    count_at = data.index(b"stsz") + 4 + 8  # version and flags, sample size, then the count
+    data[count_at : count_at + 4] = (3_000_000_000).to_bytes(4, "big")
+    assert dims(bytes(data)) == (48, 64, 3_000_000_000)
+    write_wds(tmp_path / "00000.tar", [{"__key__": "a", "mp4": bytes(data)}, {"__key__": "b", "mp4": videos["moov_first"]}])
+    assert index_shard(str(tmp_path / "00000.tar"), sizes_of="mp4").sizes.tolist() == [[0, 0, 0], [48, 64, 17]]
+
+
+def test_without_a_sample_size_box_the_frames_are_the_sum_of_the_time_to_sample_counts(videos):
+    data = videos["long"].replace(b"stsz", b"skip")  # no stsz: the stts entries count the samples
+    assert dims(data) == (64, 48, 240)
