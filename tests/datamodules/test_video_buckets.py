@@ -106,3 +106,17 @@ def test_fastgen_index_sizes_mp4_writes_an_index_video_buckets_read(shards, tmp_
         main(["index", "--sizes", "txt", f"WDS:{folder}"])
     assert exit_info.value.code == 2
     assert "videos: m4v, mov, mp4" in capsys.readouterr().err
+
+
+def test_show_draws_one_batch_per_clip_bucket(shards, tmp_path, capsys):
+    import json
+
+    from fastgen_dm.cli.main import main
+
+    code = main([
+        "show", "--data", "VideoWDSDataModule", "--data.datatags", json.dumps([f"WDS:{shards}"]), "--data.buckets", json.dumps(TARGETS),
+        "--data.batch_size", "2", "--data.num_workers", "0", "--data.backend", "pyav", "--data.index_dir", str(tmp_path / "index"),
+        "--per-bucket", "--out", str(tmp_path / "b.png"),
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and all(f"bucket {b}: real [2, 3, {t}, {h}, {w}]" in printed for b, (h, w, t) in enumerate(TARGETS))
