@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections import Counter
 
@@ -120,3 +121,17 @@ def test_show_draws_one_batch_per_clip_bucket(shards, tmp_path, capsys):
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0 and all(f"bucket {b}: real [2, 3, {t}, {h}, {w}]" in printed for b, (h, w, t) in enumerate(TARGETS))
+
+
+def test_an_index_of_another_members_sizes_is_a_one_line_error_naming_the_rebuild(shards, tmp_path):
+    import shutil
+
+    from fastgen_dm.cli.main import main
+
+    folder = tmp_path / "shards"
+    shutil.copytree(shards, folder)
+    assert main(["index", "--sizes", "latent.pth", f"WDS:{folder}"]) == 0  # three columns, of a member these shards lack
+    dm = VideoWDSDataModule(datatags=[f"WDS:{folder}"], batch_size=2, buckets=TARGETS, num_workers=0, index_dir=str(tmp_path / "i"))
+    message = f"{folder}/00000.tar: the index holds the sizes of its 'latent.pth' members, and these buckets need those of 'mp4'; run `fastgen index --sizes mp4 WDS:{folder}` again"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        dm.setup("fit")
