@@ -555,14 +555,15 @@ class WDSDataModule(PlannedDataModule):
         Built once per node, by ``prepare_data``, from the index's sizes (:meth:`bucket_dims`),
         one shard at a time: about 1 byte a sample on disk and O(buckets x shards) in each process.
         The folder's name is a digest of the targets, of what :meth:`bucket_dims` depends on and
-        of every shard's URL, size, count and ignored keys, so another dataset or scheme never
+        of every shard's URL, size, count, ignored keys and sized member, so another dataset or scheme never
         takes it for its own.
         """
         assert self.bucket_targets is not None
         digest = hashlib.sha1(np.ascontiguousarray(self.bucket_targets, dtype="<i8").tobytes())
         digest.update(f"{self.bucket_dims_key()}\0".encode())
-        for shard in shards:
-            digest.update(f"{shard.url}\0{shard.size}\0{shard.count}\0{sorted(shard.ignored)}\0".encode())
+        for shard in shards:  # with the member the index sized: sizes of another member are another assignment
+            sized = None if shard.index is None else shard.index.sizes_of
+            digest.update(f"{shard.url}\0{shard.size}\0{shard.count}\0{sorted(shard.ignored)}\0{sized}\0".encode())
         folder = Path(self.index_dir) / f"buckets-{digest.hexdigest()[:16]}"
         counts = [shard.count for shard in shards]
         num_buckets = len(self.bucket_targets)
@@ -593,8 +594,8 @@ class WDSDataModule(PlannedDataModule):
         From the index's image sizes here; an unknown size (0, 0) counts as 1 x 1, the squarest
         bucket, and the reader judges the image. Families with clips or latents override it.
         """
-        assert index.sizes is not None
-        sizes = index.sizes.astype(np.int64)
+        assert self.bucket_sizes_of is not None
+        sizes = index.sizes_for(self.bucket_sizes_of, 2).astype(np.int64)
         sizes[(sizes <= 0).any(axis=1)] = 1
         return sizes[:, 0], sizes[:, 1], None
 

@@ -211,3 +211,13 @@ def test_lightning_follows_each_epochs_own_length_when_carried_rests_change_it(s
     fit_probe(dm, tmp_path / "records", devices=1)
     records = [json.loads(line) for line in (tmp_path / "records" / "rank0.jsonl").read_text().splitlines()]
     assert [sum(r["epoch"] == e for r in records) for e in (0, 1)] == lengths
+
+
+def test_sizes_of_another_image_member_are_refused_with_the_command_to_rebuild(tmp_path):
+    samples = [{"__key__": f"{k:03d}", "jpg": jpeg(40, 40, k), "mask.png": jpeg(80, 40, k), "txt": b"x"} for k in range(8)]
+    (tmp_path / "two").mkdir()
+    url = write_wds(tmp_path / "two" / "00000.tar", samples)
+    save_index(str(tmp_path / "two" / "fastgen_index.fgi"), [index_shard(url, sizes_of="mask.png")])
+    dm = ImageWDSDataModule(datatags=[f"WDS:{tmp_path / 'two'}"], batch_size=4, buckets=TARGETS, index_dir=str(tmp_path / "index"), num_workers=0)
+    with pytest.raises(ValueError, match=r"holds the sizes of its 'mask.png' members, and these buckets need those of 'jpg'; run `fastgen index --sizes jpg WDS:"):
+        dm.setup("fit")
