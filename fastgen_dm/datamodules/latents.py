@@ -7,7 +7,7 @@ when that file exists (``files_map`` points it elsewhere).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +30,7 @@ class _BucketedLatents(WDSDataModule):
             raise ValueError(f"bucket_tail={bucket_tail!r} is unknown; use one of {BUCKET_TAILS}")
         if buckets is None:
             return
-        if not isinstance(buckets, Sequence) or isinstance(buckets, str):
-            raise ValueError(f"buckets={buckets!r}: latents take a list of latent shapes {'[[H, W], ...]' if self.bucket_columns == (2,) else '[[H, W(, T)], ...]'}")
-        self.bucket_targets = targets_from(buckets, columns=self.bucket_columns)
+        self.bucket_targets = targets_from(buckets, columns=self.bucket_columns, ratios=False)
         self.bucket_tail = bucket_tail
         self.bucket_sizes_of = self.spec.key_map["real"] if "real" in self.spec.key_map else next(iter(self.spec.key_map.values()))
 

@@ -94,17 +94,17 @@ def aspect_buckets(
     return np.concatenate([np.repeat(sizes, lengths.size, axis=0), np.tile(lengths, len(sizes))[:, None]], axis=1)
 
 
-def targets_from(buckets: Sequence[Sequence[int]] | Mapping[str, Any], *, columns: Sequence[int] = (2,)) -> np.ndarray:
+def targets_from(buckets: Sequence[Sequence[int]] | Mapping[str, Any], *, columns: Sequence[int] = (2,), ratios: bool = True) -> np.ndarray:
     """A DataModule's ``buckets`` argument as int64 (M, C) target rows, C one of ``columns``.
 
     ``[[256, 256], [192, 384]]`` -> those rows (height, width; with 3 columns also frames);
     ``{"ratios": 3, "pixels": 65536}`` -> ``aspect_buckets(3, 65536)`` = [[384, 192], [256, 256],
     [192, 384]], also with ``"max_ratio"``, ``"multiple"`` and (where 3 columns are allowed)
-    ``"frames"``.
+    ``"frames"``. ``ratios=False`` takes lists only (latent shapes, which are not resized).
     """
     names = "[[height, width], ...]" if tuple(columns) == (2,) else "[[height, width(, frames)], ...]"
     options = {"ratios", "pixels", "max_ratio", "multiple"} | ({"frames"} if 3 in columns else set())
-    if isinstance(buckets, Mapping):
+    if isinstance(buckets, Mapping) and ratios:
         unknown = set(buckets) - options
         if unknown or not {"ratios", "pixels"} <= set(buckets):
             raise ValueError(f"buckets={dict(buckets)}: give 'ratios' and 'pixels' (optionally {sorted(options - {'ratios', 'pixels'})}), e.g. {{'ratios': 5, 'pixels': 65536}}")
@@ -118,7 +118,8 @@ def targets_from(buckets: Sequence[Sequence[int]] | Mapping[str, Any], *, column
     except (TypeError, ValueError):
         table = np.zeros((0, 0), np.int64)
     if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] not in columns or (table < 1).any():
-        raise ValueError(f"buckets={buckets!r}: give {names} (each >= 1) or {{'ratios': N, 'pixels': P}}")
+        alternative = " or {'ratios': N, 'pixels': P}" if ratios else ""
+        raise ValueError(f"buckets={buckets!r}: give {names} (each >= 1){alternative}")
     return table
 
 

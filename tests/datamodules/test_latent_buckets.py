@@ -104,7 +104,8 @@ def test_video_latents_take_the_first_frames_of_their_bucket(tmp_path):
 
 def test_latent_bucket_arguments_are_one_line_errors(latents, tmp_path):
     cases = [
-        (lambda: ImageLatentDataModule(datatags=["WDS:x"], buckets=[[8, 8, 4]]), "buckets=[[8, 8, 4]]: give [[height, width], ...] (each >= 1) or {'ratios': N, 'pixels': P}"),
+        (lambda: ImageLatentDataModule(datatags=["WDS:x"], buckets=[[8, 8, 4]]), "buckets=[[8, 8, 4]]: give [[height, width], ...] (each >= 1)"),
+        (lambda: ImageLatentDataModule(datatags=["WDS:x"], buckets={"ratios": 3, "pixels": 64}), "buckets={'ratios': 3, 'pixels': 64}: give [[height, width], ...] (each >= 1)"),
         (lambda: ImageLatentDataModule(datatags=["WDS:x"], buckets=[[8, 8]], bucket_tail="cut"), "bucket_tail='cut' is unknown; use one of ('drop', 'pad', 'carry')"),
         (lambda: ImageLatentDataModule(datatags=["WDS:x"], buckets=[[8, 8]], resampled=True), "buckets plan an exact epoch of one dataset: leave streams, resampled and sampler_start_idx unset with buckets"),
     ]
