@@ -337,7 +337,7 @@ class WDSDataModule(PlannedDataModule):
 
     def _validate_buckets(self) -> None:
         """Buckets and the options they exclude (families that set buckets after ``__init__`` call it again)."""
-        if self.bucket_targets is not None and (self.streams or self.resampled or self.sampler_start_idx):
+        if self.bucketed and (self.streams or self.resampled or self.sampler_start_idx):
             raise ValueError("buckets plan an exact epoch of one dataset: leave streams, resampled and sampler_start_idx unset with buckets")
 
     # -- Lightning hooks -------------------------------------------------------------------
@@ -356,13 +356,15 @@ class WDSDataModule(PlannedDataModule):
             location = parse_datatag(tag)
             urls = [f.url for f in list_shards(location, self.storage_options, tag)]
             logger.info("indexing %d shards of %s", len(urls), location)
-            shards = index_shards(urls, self.storage_options, partial_ok=True, sizes_of=self.bucket_sizes_of if self.bucket_targets is not None else None)
+            shards = index_shards(urls, self.storage_options, partial_ok=True, sizes_of=self.bucket_sizes_of if self.bucketed else None)
             for shard in shards:
                 if shard.truncated_at is not None:
                     logger.warning("%s is damaged at byte %d: only its %d samples before that are used", shard.url, shard.truncated_at, shard.count)
             save_index(local_index_path(self.index_dir, location), shards, self.storage_options)
-        if self.bucket_targets is not None:
-            self.bucket_index(self._resolve(self.datatags, need_counts=True, num_shards=self._num_shards()))
+        if self.bucketed:
+            planned = self._resolve(self.datatags, need_counts=True, num_shards=self._num_shards())
+            self.resolve_bucket_targets(planned)
+            self.bucket_index(planned)
 
     def _own_spec(self, k: int, stream: Mapping[str, Any]) -> SampleSpec | None:
         """Stream ``k``'s own sample spec when it sets ``key_map`` or ``presets_filter``; the same outputs as the DataModule's."""
@@ -479,6 +481,8 @@ class WDSDataModule(PlannedDataModule):
             per_stream = []
             shards = self._resolve(self.datatags, need_counts=not self.resampled, num_shards=self._num_shards())
             probed_sizes = self._check_keys(shards, defaulted=constants.keys())
+        if self.bucketed:
+            self.resolve_bucket_targets(shards)  # before the source: its transform cuts to the targets
         source = self._source(shards, constants, per_stream)
         if self.resampled:
             self.train_stream = ResampledWDSStream(source, self._shuffle_buffer_bytes(shards, probed_sizes), self.epoch_samples)
@@ -486,7 +490,7 @@ class WDSDataModule(PlannedDataModule):
             self.train_stream = self._mixed_stream(source, [len(stream_shards) for stream_shards in per_stream])
             if self.cursor is None:
                 self.cursor = Cursor(0, self.sampler_start_idx)
-        elif self.bucket_targets is not None:
+        elif self.bucketed:
             self.train_stream = self._bucketed_stream(source)
             if self.cursor is None:
                 self.cursor = Cursor(0, 0)
@@ -559,12 +563,8 @@ class WDSDataModule(PlannedDataModule):
         takes it for its own.
         """
         assert self.bucket_targets is not None
-        digest = hashlib.sha1(np.ascontiguousarray(self.bucket_targets, dtype="<i8").tobytes())
-        digest.update(f"{self.bucket_dims_key()}\0".encode())
-        for shard in shards:  # with the member the index sized: sizes of another member are another assignment
-            sized = None if shard.index is None else shard.index.sizes_of
-            digest.update(f"{shard.url}\0{shard.size}\0{shard.count}\0{sorted(shard.ignored)}\0{sized}\0".encode())
-        folder = Path(self.index_dir) / f"buckets-{digest.hexdigest()[:16]}"
+        digest = self.shards_digest(shards, np.ascontiguousarray(self.bucket_targets, dtype="<i8").tobytes())
+        folder = Path(self.index_dir) / f"buckets-{digest}"
         counts = [shard.count for shard in shards]
         num_buckets = len(self.bucket_targets)
         try:
@@ -583,6 +583,24 @@ class WDSDataModule(PlannedDataModule):
         bar = tqdm(shards, unit="shard", desc="assign buckets", disable=len(shards) < 1000)
         assignments = (assign_buckets(*self.bucket_dims(s.index), targets=self.bucket_targets) for s in bar if s.index is not None)
         return BucketIndex.build(folder, assignments, num_buckets=num_buckets, shard_counts=counts)
+
+    def shards_digest(self, shards: Sequence[Shard], scheme: bytes) -> str:
+        """A name for what ``shards`` and a bucket ``scheme`` give: every shard's URL, size, count,
+        ignored keys and sized member, and what :meth:`bucket_dims` depends on."""
+        digest = hashlib.sha1(scheme)
+        digest.update(f"{self.bucket_dims_key()}\0".encode())
+        for shard in shards:  # with the member the index sized: sizes of another member are another assignment
+            sized = None if shard.index is None else shard.index.sizes_of
+            digest.update(f"{shard.url}\0{shard.size}\0{shard.count}\0{sorted(shard.ignored)}\0{sized}\0".encode())
+        return digest.hexdigest()[:16]
+
+    @property
+    def bucketed(self) -> bool:
+        """Whether the training stream is planned in buckets."""
+        return self.bucket_targets is not None
+
+    def resolve_bucket_targets(self, shards: Sequence[Shard]) -> None:
+        """Targets that depend on the data are found here (a family's ``buckets="shapes"``); listed ones are kept."""
 
     def bucket_dims_key(self) -> str:
         """What :meth:`bucket_dims` depends on besides the index (part of the bucket index's name)."""

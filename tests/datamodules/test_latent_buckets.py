@@ -100,6 +100,7 @@ def test_video_latents_take_the_first_frames_of_their_bucket(tmp_path):
         assert list(batch["real"].shape) == [2, 2, t, 8, 8] and batch["real"][:, 0, :, 0, 0].tolist() == [list(range(t))] * 2
         frames[t] += 2
     assert frames == {4: 8, 8: 8}
+    assert make(VideoLatentDataModule, tmp_path / "v", tmp_path, buckets="shapes", batch_size=2).bucket_targets.tolist() == [[8, 8, 5], [8, 8, 9]]
 
 
 def test_latent_bucket_arguments_are_one_line_errors(latents, tmp_path):
@@ -168,3 +169,21 @@ def test_a_header_claiming_a_size_past_int32_is_unknown_not_an_error(tmp_path):
     assert tensor_shape(claims, "npy") == (4, 5, 3000000000)
     write_wds(tmp_path / "00000.tar", [{"__key__": "a", "latent.npy": claims}, {"__key__": "b", "latent.npy": real.getvalue()}])
     assert index_shard(str(tmp_path / "00000.tar"), sizes_of="latent.npy").sizes.tolist() == [[0, 0, 0], [6, 5, 0]]
+
+
+def test_shapes_buckets_are_the_shapes_the_index_holds_found_once_per_node(latents, tmp_path, monkeypatch):
+    dm = make(ImageLatentDataModule, latents, tmp_path, buckets="shapes")
+    assert dm.bucket_targets.tolist() == [[16, 16], [24, 48], [32, 32], [40, 40]]
+    keys = []
+    for batch in dm.train_dataloader():
+        assert list(batch["real"].shape) == [4, 4, *dm.bucket_targets[batch["bucket"]]]  # each latent whole, none bad
+        keys += batch["fname"]
+    per_shape = Counter(shape_of(k) for k in range(SAMPLES_PER_SHARD * SHARDS))
+    assert len(keys) == len(set(keys)) == sum(n // 4 * 4 for n in per_shape.values())
+    assert len(list((tmp_path / "index").glob("shapes-*.json"))) == 1
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the node's shapes were looked for again")
+
+    monkeypatch.setattr(np, "unique", no_scan)
+    assert make(ImageLatentDataModule, latents, tmp_path, buckets="shapes").bucket_targets.tolist() == dm.bucket_targets.tolist()
