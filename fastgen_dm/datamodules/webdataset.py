@@ -23,6 +23,7 @@ from fastgen_dm.index.datatags import (
     local_datatags_without_index,
     resolve_datatags,
 )
+from fastgen_dm.index.bucket_store import load_assignment, save_assignment
 from fastgen_dm.index.build import index_shards
 from fastgen_dm.index.shard_index import ShardIndex
 from fastgen_dm.index.store import save_index
@@ -568,9 +569,15 @@ class WDSDataModule(PlannedDataModule):
         counts = [shard.count for shard in shards]
         num_buckets = len(self.bucket_targets)
         try:
-            return BucketIndex.open(folder, num_buckets=num_buckets, shard_counts=counts)
+            assignment, bucket_counts = load_assignment(folder, num_buckets=num_buckets, shard_counts=counts)
         except FileNotFoundError:
-            pass
+            self._assign_buckets(shards, folder)
+            assignment, bucket_counts = load_assignment(folder, num_buckets=num_buckets, shard_counts=counts)
+        return BucketIndex(assignment, num_buckets=num_buckets, shard_counts=counts, counts=bucket_counts)
+
+    def _assign_buckets(self, shards: Sequence[Shard], folder: Path) -> None:
+        """Each sample's bucket from the index's sizes, shard by shard, into the node's ``folder``."""
+        assert self.bucket_targets is not None
         unsized = [s.url for s in shards if s.index is None or s.index.sizes is None]
         if unsized:
             raise ValueError(
@@ -579,10 +586,11 @@ class WDSDataModule(PlannedDataModule):
             )
         from tqdm.auto import tqdm
 
-        logger.info("assigning %d samples of %d shards to %d buckets, once per node (%s)", sum(counts), len(shards), num_buckets, folder)
+        counts = [shard.count for shard in shards]
+        logger.info("assigning %d samples of %d shards to %d buckets, once per node (%s)", sum(counts), len(shards), len(self.bucket_targets), folder)
         bar = tqdm(shards, unit="shard", desc="assign buckets", disable=len(shards) < 1000)
         assignments = (assign_buckets(*self.bucket_dims(s.index), targets=self.bucket_targets) for s in bar if s.index is not None)
-        return BucketIndex.build(folder, assignments, num_buckets=num_buckets, shard_counts=counts)
+        save_assignment(folder, assignments, num_buckets=len(self.bucket_targets), shard_counts=counts)
 
     def shards_digest(self, shards: Sequence[Shard], scheme: bytes) -> str:
         """A name for what ``shards`` and a bucket ``scheme`` give: every shard's URL, size, count,

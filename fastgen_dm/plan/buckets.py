@@ -39,17 +39,15 @@ the new world size.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from fastgen_dm.plan.interleave import Interleave
 from fastgen_dm.plan.order import shard_offsets
-from fastgen_dm.storage.atomic import AtomicPath
+from fastgen_dm.index.bucket_store import MappedAssignment, assignment_dtype
 
 BucketTail = Literal["drop", "pad", "carry"]
 BUCKET_TAILS: tuple[str, ...] = ("drop", "pad", "carry")
@@ -197,12 +195,12 @@ class BucketIndex:
     """Each sample's bucket, kept compact: one byte a sample in file order (two past 256 buckets).
 
     Args:
-        assignment: The bucket of every sample (file-order numbering over the shards); a
-            read-only memory map (:meth:`open`) is used in place, so every process of a node
-            shares one copy through the page cache.
+        assignment: The bucket of every sample (file-order numbering over the shards): an array,
+            or the node's file mapped (:class:`~fastgen_dm.index.bucket_store.MappedAssignment`),
+            which every process of a node shares through the page cache.
         num_buckets: Buckets (rows of the targets); buckets without a sample are kept, empty.
         shard_counts: Samples per shard (None: one shard), summing to the samples.
-        counts: ``counts[b, s]`` if known (:meth:`open` reads it); None counts them.
+        counts: ``counts[b, s]`` if known (``load_assignment`` reads them); None counts them.
 
     ``counts[b, s]`` are bucket ``b``'s samples in shard ``s``: a ``ShardOrder(counts[b])`` orders
     the bucket's positions by shard blocks like any sharded dataset, and :meth:`samples` turns
@@ -218,16 +216,15 @@ class BucketIndex:
 
     def __init__(
         self,
-        assignment: np.ndarray,
+        assignment: np.ndarray | MappedAssignment,
         *,
         num_buckets: int,
         shard_counts: Sequence[int] | np.ndarray | None = None,
         counts: np.ndarray | None = None,
-        path: str | None = None,
     ) -> None:
         dtype = assignment_dtype(num_buckets)
-        self.assignment = assignment if isinstance(assignment, np.ndarray) and assignment.dtype == dtype else np.asarray(assignment).astype(dtype)
-        self.num_buckets, self.path = num_buckets, path
+        self.assignment = assignment if assignment.dtype == dtype else np.asarray(assignment).astype(dtype)
+        self.num_buckets = num_buckets
         self.first = shard_offsets([self.assignment.size] if shard_counts is None else shard_counts)
         if self.first[-1] != self.assignment.size:
             raise ValueError(f"shard_counts sum to {self.first[-1]}, the assignment has {self.assignment.size} samples")
@@ -271,82 +268,8 @@ class BucketIndex:
             out[chosen] = self.first[s] + members[starts[bucket] + local[chosen]]
         return out
 
-    @classmethod
-    def build(
-        cls,
-        path: str | os.PathLike[str],
-        shard_assignments: Iterable[np.ndarray],
-        *,
-        num_buckets: int,
-        shard_counts: Sequence[int] | np.ndarray,
-    ) -> "BucketIndex":
-        """Write each shard's assignment (given one shard at a time, in order) to the folder ``path``, and open it.
-
-        Memory is one shard's assignment at a time; the files appear complete or not at all
-        (:class:`AtomicPath`), the counts last, so :meth:`open` never sees half an index.
-        Writers racing on one folder write the same bytes.
-        """
-        folder = Path(path)
-        first = shard_offsets(shard_counts)
-        counts = np.zeros((num_buckets, first.size - 1), np.int64)
-        with AtomicPath(folder / _ASSIGNMENT) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=assignment_dtype(num_buckets), shape=(int(first[-1]),))
-            shards = 0
-            for s, values in enumerate(shard_assignments):
-                values = np.asarray(values, dtype=np.int64)
-                if s >= first.size - 1 or values.size != first[s + 1] - first[s]:
-                    raise ValueError(f"shard {s} gave {values.size} assignments, its count is {first[s + 1] - first[s] if s < first.size - 1 else 0}")
-                if values.size and (values.min() < 0 or values.max() >= num_buckets):
-                    raise ValueError(f"assignment holds buckets outside [0, {num_buckets}); pass num_buckets=len(targets)")
-                out[first[s] : first[s + 1]] = values
-                counts[:, s] = np.bincount(values, minlength=num_buckets)
-                shards = s + 1
-            if shards != first.size - 1:
-                raise ValueError(f"got the assignments of {shards} shards for {first.size - 1}")
-            out.flush()
-            del out
-        with AtomicPath(folder / _COUNTS) as tmp, open(tmp, "wb") as f:
-            np.save(f, counts)
-        return cls.open(folder, num_buckets=num_buckets, shard_counts=shard_counts)
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str], *, num_buckets: int, shard_counts: Sequence[int] | np.ndarray) -> "BucketIndex":
-        """The index :meth:`build` wrote to ``path``, its assignment memory-mapped.
-
-        Raises:
-            FileNotFoundError: ``path`` holds no complete index.
-            ValueError: It holds one of other buckets or shard counts.
-        """
-        folder = Path(path)
-        if not (folder / _COUNTS).exists():
-            raise FileNotFoundError(f"{folder} holds no bucket index")
-        counts = np.load(folder / _COUNTS)
-        assignment = np.load(folder / _ASSIGNMENT, mmap_mode="r")
-        if counts.shape[0] != num_buckets or not np.array_equal(counts.sum(axis=0), np.asarray(shard_counts, dtype=np.int64)):
-            raise ValueError(f"{folder}: the bucket index is of other buckets or shards; remove the folder to rebuild it")
-        return cls(assignment, num_buckets=num_buckets, shard_counts=shard_counts, counts=counts, path=str(folder))
-
     def __getstate__(self) -> dict[str, Any]:
-        # a spawned worker maps the file again instead of receiving every sample's bucket
-        state = dict(self.__dict__, _kept={})
-        if self.path is not None:
-            del state["assignment"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        if "assignment" not in state:
-            self.assignment = np.load(Path(self.path) / _ASSIGNMENT, mmap_mode="r")  # type: ignore[arg-type]
-
-
-_ASSIGNMENT, _COUNTS = "assignment.npy", "counts.npy"
-
-
-def assignment_dtype(num_buckets: int) -> np.dtype:
-    """The smallest unsigned integer that holds ``num_buckets`` bucket numbers (uint8 up to 256)."""
-    if not 1 <= num_buckets <= 1 << 16:
-        raise ValueError(f"num_buckets must be in [1, 65536], got {num_buckets}")
-    return np.dtype(np.uint8 if num_buckets <= 256 else np.uint16)
+        return dict(self.__dict__, _kept={})  # a worker groups the shards it reads itself
 
 
 @dataclass(frozen=True)

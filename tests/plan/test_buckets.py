@@ -9,6 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from fastgen_dm.index.bucket_store import load_assignment, save_assignment
 from fastgen_dm.plan import BucketIndex, BucketPlan, BucketState, ShardOrder, aspect_buckets, assign_buckets, stream_seed
 
 world_st = st.sampled_from([1, 2, 3, 4, 8, 16, 64, 512])
@@ -160,6 +161,17 @@ def test_buckets_over_sharded_orders_give_every_sample_once(assignment, shards, 
     assert sorted(ids) == list(range(assignment.size))
 
 
+def mapped(folder, *, num_buckets, shard_counts):
+    """The node's bucket file as the DataModule opens it."""
+    assignment, counts = load_assignment(folder, num_buckets=num_buckets, shard_counts=shard_counts)
+    return BucketIndex(assignment, num_buckets=num_buckets, shard_counts=shard_counts, counts=counts)
+
+
+def build(folder, shard_assignments, *, num_buckets, shard_counts):
+    save_assignment(folder, shard_assignments, num_buckets=num_buckets, shard_counts=shard_counts)
+    return mapped(folder, num_buckets=num_buckets, shard_counts=shard_counts)
+
+
 @settings(max_examples=40, deadline=None)
 @given(assignment=st.lists(st.integers(0, 299), min_size=1, max_size=400), shards=st.integers(1, 9), seed=st.integers(0, 2**31))
 def test_a_built_index_is_mapped_from_its_files_and_groups_like_a_sort(tmp_path_factory, assignment, shards, seed):
@@ -167,9 +179,9 @@ def test_a_built_index_is_mapped_from_its_files_and_groups_like_a_sort(tmp_path_
     counts = np.diff(np.concatenate([[0], np.sort(np.random.default_rng(seed).integers(0, assignment.size + 1, size=shards - 1)), [assignment.size]]))
     first = np.concatenate([[0], np.cumsum(counts)])
     folder = tmp_path_factory.mktemp("buckets") / "index"
-    built = BucketIndex.build(folder, (assignment[a:b] for a, b in zip(first[:-1], first[1:])), num_buckets=300, shard_counts=counts)
-    assert built.assignment.dtype == np.uint16 and isinstance(built.assignment, np.memmap)
-    opened = BucketIndex.open(folder, num_buckets=300, shard_counts=counts)
+    built = build(folder, (assignment[a:b] for a, b in zip(first[:-1], first[1:])), num_buckets=300, shard_counts=counts)
+    assert built.assignment.dtype == np.uint16 and isinstance(built.assignment.array, np.memmap)
+    opened = mapped(folder, num_buckets=300, shard_counts=counts)
     opened.KEPT_SHARDS = 2  # evictions on the way: a regrouped shard gives the same ids
     for index in (built, opened, pickle.loads(pickle.dumps(opened))):
         assert np.array_equal(index.bucket_counts, np.bincount(assignment, minlength=300))
@@ -182,13 +194,13 @@ def test_a_built_index_is_mapped_from_its_files_and_groups_like_a_sort(tmp_path_
 
 def test_a_spawned_worker_maps_the_file_again_instead_of_receiving_every_samples_bucket(tmp_path):
     assignment = np.zeros(1_000_000, np.uint8)
-    index = BucketIndex.build(tmp_path / "b", [assignment], num_buckets=3, shard_counts=[assignment.size])
+    index = build(tmp_path / "b", [assignment], num_buckets=3, shard_counts=[assignment.size])
     assert len(pickle.dumps(index)) < 10_000
     assert len(pickle.dumps(BucketIndex(assignment, num_buckets=3))) > assignment.size  # in memory: carried whole
     with pytest.raises(FileNotFoundError, match="holds no bucket index"):
-        BucketIndex.open(tmp_path / "missing", num_buckets=3, shard_counts=[1])
+        mapped(tmp_path / "missing", num_buckets=3, shard_counts=[1])
     with pytest.raises(ValueError, match="other buckets or shards; remove the folder to rebuild it$"):
-        BucketIndex.open(tmp_path / "b", num_buckets=3, shard_counts=[10, 999_990])
+        mapped(tmp_path / "b", num_buckets=3, shard_counts=[10, 999_990])
 
 
 def test_tail_shares_on_a_skewed_distribution():
