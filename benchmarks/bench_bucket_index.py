@@ -61,6 +61,7 @@ def _status(field: str) -> int:
 
 
 def child(spec: dict[str, Any]) -> None:
+    from fastgen_dm.index.bucket_store import load_assignment, save_assignment
     from fastgen_dm.plan import BucketIndex, assign_buckets
 
     shards, per_shard, kind, folder = spec["shards"], spec["per_shard"], spec["kind"], Path(spec["folder"])
@@ -72,7 +73,10 @@ def child(spec: dict[str, Any]) -> None:
 
     start = time.perf_counter()
     if kind == "compact":
-        index = BucketIndex.open(folder, num_buckets=len(TARGETS), shard_counts=counts) if spec["open"] else BucketIndex.build(folder, assignments(), num_buckets=len(TARGETS), shard_counts=counts)
+        if not spec["open"]:
+            save_assignment(folder, assignments(), num_buckets=len(TARGETS), shard_counts=counts)
+        assignment, bucket_counts = load_assignment(folder, num_buckets=len(TARGETS), shard_counts=counts)
+        index = BucketIndex(assignment, num_buckets=len(TARGETS), shard_counts=counts, counts=bucket_counts)
         lookup = index.samples
         bucket_counts = index.counts
     else:  # one int64 sort of every sample id by bucket, per process
